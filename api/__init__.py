@@ -1,0 +1,1 @@
+"""The query API for support (activity, alerts, message search)."""

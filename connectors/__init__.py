@@ -1,0 +1,1 @@
+"""The MQTT→Kafka connector and the PostgreSQL and Elasticsearch sinks."""

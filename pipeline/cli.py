@@ -1,0 +1,225 @@
+"""The ``veilleuse`` command. Settings are read once here and passed down."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.errors import VeilleuseError
+from pipeline.settings import Settings, load_settings
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings = ctx.obj
+    assert isinstance(settings, Settings)  # noqa: S101 - set by main()
+    return settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Veilleuse: the stream-processing backbone of the fall-detection service."""
+    if ctx.obj is None:
+        from pipeline.observability import configure_logging
+
+        ctx.obj = load_settings()
+        configure_logging(ctx.obj)
+
+
+# -- stack -----------------------------------------------------------------------------------------
+
+
+@cli.group()
+def stack() -> None:
+    """The local stack: Kafka, Elasticsearch, PostgreSQL, Redis, Mosquitto on 127.0.0.1."""
+
+
+SERVICES_ARG = click.argument("services", nargs=-1)
+
+
+@stack.command("up")
+@SERVICES_ARG
+@click.pass_context
+def stack_up(ctx: click.Context, services: tuple[str, ...]) -> None:
+    """Install what is missing, start what is not running, wait until each answers."""
+    from pipeline.stack import manager
+
+    for report in manager.up(_settings(ctx), services):
+        click.echo(report.line())
+
+
+@stack.command("down")
+@SERVICES_ARG
+@click.pass_context
+def stack_down(ctx: click.Context, services: tuple[str, ...]) -> None:
+    """Stop the services this stack started (and nothing else)."""
+    from pipeline.stack import manager
+
+    for report in manager.down(_settings(ctx), services):
+        click.echo(report.line())
+
+
+@stack.command("status")
+@SERVICES_ARG
+@click.pass_context
+def stack_status(ctx: click.Context, services: tuple[str, ...]) -> None:
+    """Probe every service; exits 1 unless all of them answer."""
+    from pipeline.stack import manager
+
+    reports = manager.status(_settings(ctx), services)
+    for report in reports:
+        click.echo(report.line())
+    answering = {manager.State.UP, manager.State.EXTERNAL}
+    if any(report.state not in answering for report in reports):
+        sys.exit(1)
+
+
+@stack.command("logs")
+@click.argument("service")
+@click.option("-n", "--lines", default=50, show_default=True, help="Lines to show.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.pass_context
+def stack_logs(ctx: click.Context, service: str, lines: int, follow: bool) -> None:
+    """Show a service's log (.stack/logs/SERVICE.log)."""
+    from pipeline.stack import manager
+
+    (chosen,) = manager.services(_settings(ctx), (service,))
+    if not chosen.log_file.exists():
+        raise click.ClickException(f"no log yet at {chosen.log_file}")
+    click.echo(f"==> {chosen.log_file}", err=True)
+    if follow:
+        os.execvp("tail", ["tail", "-n", str(lines), "-F", str(chosen.log_file)])
+    click.echo(chosen.tail(lines))
+
+
+# -- lamps ---------------------------------------------------------------------------------------
+
+
+@cli.group()
+def lamps() -> None:
+    """Register lamps and manage their broker credentials."""
+
+
+def _credentials(settings: Settings):  # type: ignore[no-untyped-def]
+    from pipeline.stack.context import StackContext
+    from pipeline.stack.mosquitto import Mosquitto
+
+    broker = Mosquitto(StackContext(settings))
+    return broker, broker.credentials()
+
+
+@lamps.command("provision")
+@click.option("--site", help="The lamp's site (nursing home), e.g. fr-lyon-12.")
+@click.option("--lamp", help="The lamp's id, e.g. L-000123.")
+@click.option(
+    "--csv",
+    "csv_file",
+    type=click.File("r"),
+    help="Bulk form: a CSV of site_id,lamp_id rows ('-' for standard input).",
+)
+@click.option("--rotate", is_flag=True, help="Issue a new password to an already provisioned lamp.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write site_id,lamp_id,password to this file (mode 0600) instead of standard output.",
+)
+@click.pass_context
+def lamps_provision(
+    ctx: click.Context,
+    site: str | None,
+    lamp: str | None,
+    csv_file: click.utils.LazyFile | None,
+    rotate: bool,
+    out: Path | None,
+) -> None:
+    """Register lamps and create their broker credentials; each password is printed once."""
+    from pipeline.lamps import parse_bulk_csv
+
+    if csv_file is not None:
+        if site or lamp:
+            raise click.UsageError("give either --csv or --site/--lamp, not both")
+        pairs = parse_bulk_csv(csv_file.read())
+    elif site and lamp:
+        pairs = [(site, lamp)]
+    else:
+        raise click.UsageError("give --site and --lamp, or --csv")
+    broker, credentials = _credentials(_settings(ctx))
+    issued = credentials.provision(pairs, rotate=rotate)
+    lines = ["site_id,lamp_id,password", *(f"{c.site_id},{c.lamp_id},{c.password}" for c in issued)]
+    if out is not None:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+        click.echo(f"{len(issued)} lamp(s) provisioned; passwords written to {out}", err=True)
+    else:
+        click.echo("\n".join(lines))
+        click.echo(
+            f"{len(issued)} lamp(s) provisioned. The passwords are shown only this once.", err=True
+        )
+    if not broker.reload():
+        click.echo("mosquitto is not running: the lamps are known at its next start", err=True)
+
+
+@lamps.command("revoke")
+@click.argument("lamp_ids", nargs=-1, required=True)
+@click.pass_context
+def lamps_revoke(ctx: click.Context, lamp_ids: tuple[str, ...]) -> None:
+    """Remove lamps and their broker credentials."""
+    broker, credentials = _credentials(_settings(ctx))
+    credentials.revoke(list(lamp_ids))
+    broker.reload()
+    click.echo(f"revoked {len(lamp_ids)} lamp(s)", err=True)
+
+
+@lamps.command("list")
+@click.pass_context
+def lamps_list(ctx: click.Context) -> None:
+    """The registered lamps (never their passwords)."""
+    _, credentials = _credentials(_settings(ctx))
+    click.echo("site_id,lamp_id,provisioned_at")
+    for lamp in credentials.lamps():
+        click.echo(f"{lamp.site_id},{lamp.lamp_id},{lamp.provisioned_at}")
+
+
+# -- setup and smoke -------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.pass_context
+def setup(ctx: click.Context) -> None:
+    """Create the Kafka topics (idempotent; existing topics are reported, never altered)."""
+    from pipeline.topics import ensure_topics_sync
+
+    for result in ensure_topics_sync(_settings(ctx)):
+        state = "created" if result.created else "exists"
+        note = f"  ({result.note})" if result.note else ""
+        click.echo(f"topic {result.name:<22}{state:<9}{result.partitions} partitions{note}")
+
+
+@cli.command()
+@click.pass_context
+def smoke(ctx: click.Context) -> None:
+    """A round trip through every service of the stack; exits 1 if any fails."""
+    from pipeline.smoke import run_all
+
+    checks = run_all(_settings(ctx))
+    for check in checks:
+        mark = "ok  " if check.ok else "FAIL"
+        click.echo(f"{mark} {check.service:<14}{check.seconds:6.2f}s  {check.detail}")
+    if not all(check.ok for check in checks):
+        sys.exit(1)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except VeilleuseError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except subprocess.CalledProcessError as exc:  # pragma: no cover - reported, not hidden
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,56 @@
+"""Kafka clients built from the settings, so security options are set in one place."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from pipeline.settings import Settings
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """aiokafka keyword arguments for connection and security, shared by every client."""
+    kafka = settings.kafka
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_list,
+        "security_protocol": kafka.security_protocol,
+    }
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = ssl.create_default_context(
+            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None
+        )
+    if kafka.security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = kafka.sasl_mechanism or "PLAIN"
+        options["sasl_plain_username"] = kafka.sasl_username
+        options["sasl_plain_password"] = (
+            kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+        )
+    return options
+
+
+def admin_client(settings: Settings) -> Any:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    return AIOKafkaAdminClient(request_timeout_ms=10_000, **client_options(settings))
+
+
+def producer(settings: Settings, **extra: Any) -> Any:
+    """An idempotent producer that waits for every in-sync replica (acks=all)."""
+    from aiokafka import AIOKafkaProducer
+
+    return AIOKafkaProducer(
+        acks="all", enable_idempotence=True, **client_options(settings), **extra
+    )
+
+
+def consumer(settings: Settings, *topics: str, group_id: str | None, **extra: Any) -> Any:
+    from aiokafka import AIOKafkaConsumer
+
+    return AIOKafkaConsumer(
+        *topics,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **client_options(settings),
+        **extra,
+    )

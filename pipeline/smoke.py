@@ -1,0 +1,323 @@
+"""Round trips through each real service: the proof that the stack is really there.
+
+``veilleuse smoke`` runs them all (it is ``make demo``'s main job until the simulator exists);
+the integration tests run each one and then check more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.kafka import admin_client, consumer, producer
+from pipeline.lamps import Credential
+from pipeline.settings import Settings
+from pipeline.stack.context import StackContext
+from pipeline.stack.mosquitto import Mosquitto
+
+SMOKE_TOPIC = "smoke.roundtrip.v1"
+SMOKE_INDEX = "smoke-roundtrip"
+SMOKE_SITE = "smoke"
+
+
+@dataclass(frozen=True)
+class Check:
+    service: str
+    ok: bool
+    detail: str
+    seconds: float
+
+
+# -- Kafka --------------------------------------------------------------------------------------
+
+
+async def kafka_round_trip(settings: Settings, messages: int = 10) -> str:
+    """Produce through an idempotent acks=all producer, consume through a consumer group."""
+    from aiokafka.admin import NewTopic
+    from aiokafka.structs import TopicPartition
+
+    admin = admin_client(settings)
+    await admin.start()
+    try:
+        if SMOKE_TOPIC not in await admin.list_topics():
+            with contextlib.suppress(Exception):  # a concurrent creation is fine
+                await admin.create_topics([NewTopic(SMOKE_TOPIC, 2, 1)])
+    finally:
+        await admin.close()
+    run = uuid.uuid4().hex
+    sent = {f"{run}-{i}".encode() for i in range(messages)}
+    prod = producer(settings)
+    await prod.start()
+    try:
+        for value in sorted(sent):
+            await prod.send_and_wait(SMOKE_TOPIC, value, key=value[-1:])
+    finally:
+        await prod.stop()
+    group = f"smoke-{run}"
+    cons = consumer(settings, SMOKE_TOPIC, group_id=group)
+    await cons.start()
+    got: set[bytes] = set()
+    try:
+        deadline = time.monotonic() + 30
+        while not sent <= got and time.monotonic() < deadline:
+            batch = await cons.getmany(timeout_ms=1000)
+            got |= {record.value for records in batch.values() for record in records}
+        await cons.commit()
+        committed = {
+            tp.partition: await cons.committed(TopicPartition(SMOKE_TOPIC, tp.partition))
+            for tp in cons.assignment()
+        }
+    finally:
+        await cons.stop()
+    missing = sent - got
+    if missing:
+        raise AssertionError(f"{len(missing)} of {messages} messages not consumed")
+    if not any(offset for offset in committed.values()):
+        raise AssertionError(f"group {group} committed nothing: {committed}")
+    return f"{messages} records through group {group}, committed {committed}"
+
+
+# -- Elasticsearch -----------------------------------------------------------------------------
+
+
+def elasticsearch_client(settings: Settings) -> Any:
+    from elasticsearch import Elasticsearch
+
+    es = settings.elasticsearch
+    auth: dict[str, Any] = {}
+    if es.api_key is not None:
+        auth["api_key"] = es.api_key.get_secret_value()
+    elif es.username and es.password is not None:
+        auth["basic_auth"] = (es.username, es.password.get_secret_value())
+    return Elasticsearch(
+        es.url,
+        request_timeout=es.request_timeout_s,
+        ca_certs=str(es.ca_certs) if es.ca_certs else None,
+        **auth,
+    )
+
+
+def elasticsearch_round_trip(settings: Settings) -> str:
+    doc_id = uuid.uuid4().hex
+    with elasticsearch_client(settings) as es:
+        es.index(
+            index=SMOKE_INDEX,
+            id=doc_id,
+            document={"lamp_id": "L-smoke", "note": f"smoke {doc_id}"},
+            refresh="wait_for",
+        )
+        hits = es.search(index=SMOKE_INDEX, query={"match": {"note": doc_id}})["hits"]["hits"]
+        es.delete(index=SMOKE_INDEX, id=doc_id, refresh="wait_for")
+    if [hit["_id"] for hit in hits] != [doc_id]:
+        raise AssertionError(f"search for {doc_id} returned {hits}")
+    return f"indexed and found document {doc_id} in {SMOKE_INDEX}"
+
+
+# -- PostgreSQL and Redis ------------------------------------------------------------------------
+
+
+def postgres_round_trip(settings: Settings) -> str:
+    import psycopg
+
+    token = uuid.uuid4().hex
+    with psycopg.connect(settings.postgres.conninfo()) as conn:
+        conn.execute("CREATE TEMP TABLE smoke (token text PRIMARY KEY)")
+        conn.execute("INSERT INTO smoke (token) VALUES (%s)", (token,))
+        row = conn.execute("SELECT token FROM smoke WHERE token = %s", (token,)).fetchone()
+        version = conn.execute("SHOW server_version").fetchone()
+    if row != (token,):
+        raise AssertionError(f"read back {row!r}, wrote {token!r}")
+    return f"wrote and read a row (PostgreSQL {version[0] if version else '?'})"
+
+
+def redis_client(settings: Settings) -> Any:
+    import redis
+
+    r = settings.redis
+    return redis.Redis(
+        host=r.host,
+        port=r.port,
+        db=r.db,
+        password=r.password.get_secret_value() if r.password else None,
+        ssl=r.tls,
+        socket_timeout=5,
+    )
+
+
+def redis_round_trip(settings: Settings) -> str:
+    key, value = f"smoke:{uuid.uuid4().hex}", uuid.uuid4().hex
+    client = redis_client(settings)
+    try:
+        client.set(key, value, px=60_000)
+        got = client.get(key)
+        ttl = client.pttl(key)
+        client.delete(key)
+    finally:
+        client.close()
+    if got != value.encode() or not 0 < ttl <= 60_000:
+        raise AssertionError(f"read back {got!r} with ttl {ttl}")
+    return "SET with expiry, GET, DEL"
+
+
+# -- MQTT ---------------------------------------------------------------------------------------
+
+
+class MqttSession:
+    """A small synchronous MQTT 5 client for probes and tests (paho-mqtt 2.x)."""
+
+    def __init__(self, host: str, port: int, username: str, password: str) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.messages: list[Any] = []
+        self.puback: dict[int, Any] = {}
+        self._connack: list[Any] = []
+        self._events: dict[str, threading.Event] = {}
+        self._cond = threading.Condition()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"veilleuse-smoke-{uuid.uuid4().hex[:10]}",
+            protocol=mqtt.MQTTv5,
+        )
+        self.client.username_pw_set(username, password)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
+        self.client.on_subscribe = self._on_subscribe
+        self.host, self.port = host, port
+        self._subacks: list[Any] = []
+
+    def _notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._connack.append(reason)
+        self._notify()
+
+    def _on_message(self, _c: Any, _u: Any, message: Any) -> None:
+        self.messages.append(message)
+        self._notify()
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _p: Any) -> None:
+        self.puback[mid] = reason
+        self._notify()
+
+    def _on_subscribe(self, _c: Any, _u: Any, _mid: int, reasons: Any, _p: Any) -> None:
+        self._subacks.append(reasons)
+        self._notify()
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+        with self._cond:
+            return self._cond.wait_for(condition, timeout)
+
+    def connect(self) -> Any:
+        """Connect and return the CONNACK reason code."""
+        self.client.connect(self.host, self.port, keepalive=15)
+        self.client.loop_start()
+        if not self.wait_for(lambda: bool(self._connack)):
+            raise TimeoutError("no CONNACK")
+        return self._connack[0]
+
+    def subscribe(self, topic: str) -> Any:
+        before = len(self._subacks)
+        self.client.subscribe(topic, qos=1)
+        if not self.wait_for(lambda: len(self._subacks) > before):
+            raise TimeoutError(f"no SUBACK for {topic}")
+        return self._subacks[-1]
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> Any:
+        """Publish and return the broker's PUBACK reason code (QoS 1)."""
+        info = self.client.publish(topic, payload, qos=qos)
+        if not self.wait_for(lambda: info.mid in self.puback):
+            raise TimeoutError(f"no PUBACK for {topic}")
+        return self.puback[info.mid]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def lamp_message(lamp_id: str, seq: int, **fields: Any) -> bytes:
+    body = {"v": 1, "lamp_id": lamp_id, "seq": seq, "ts": int(time.time() * 1000)}
+    body.update(fields or {"type": "heartbeat", "fw": "smoke", "uptime_s": 1, "rssi": -50})
+    return json.dumps(body).encode()
+
+
+def provision_temporary_lamp(settings: Settings) -> tuple[Mosquitto, Credential]:
+    broker = Mosquitto(StackContext(settings))
+    credential = broker.credentials().provision(
+        [(SMOKE_SITE, f"smoke-{uuid.uuid4().hex[:12]}")]
+    )[0]
+    broker.reload()
+    return broker, credential
+
+
+def connect_when_reloaded(settings: Settings, username: str, password: str) -> MqttSession:
+    """Connect, retrying briefly: the broker re-reads its password file asynchronously."""
+    host, port = settings.mqtt.brokers[0].host, settings.mqtt.brokers[0].port
+    deadline = time.monotonic() + 10
+    while True:
+        session = MqttSession(host, port, username, password)
+        reason = session.connect()
+        if not reason.is_failure:
+            return session
+        session.close()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{username} refused by the broker: {reason}")
+        time.sleep(0.2)
+
+
+def mqtt_round_trip(settings: Settings) -> str:
+    """A lamp publishes with its own credentials; the connector's account receives it."""
+    broker, lamp = provision_temporary_lamp(settings)
+    try:
+        mqtt = settings.mqtt
+        subscriber = connect_when_reloaded(
+            settings, mqtt.username, mqtt.password.get_secret_value()
+        )
+        publisher = connect_when_reloaded(settings, lamp.lamp_id, lamp.password)
+        try:
+            topic = f"lamps/{lamp.site_id}/{lamp.lamp_id}/events"
+            subscriber.subscribe(f"$share/smoke-{uuid.uuid4().hex[:6]}/{topic}")
+            payload = lamp_message(lamp.lamp_id, 1)
+            reason = publisher.publish(topic, payload)
+            if reason.is_failure:
+                raise AssertionError(f"own-topic publish refused: {reason}")
+            if not subscriber.wait_for(lambda: any(m.payload == payload for m in subscriber.messages)):
+                raise AssertionError("message not received through the shared subscription")
+        finally:
+            publisher.close()
+            subscriber.close()
+    finally:
+        broker.credentials().revoke([lamp.lamp_id])
+        broker.reload()
+    return f"lamp {lamp.lamp_id} → $share subscription of {mqtt.username} (MQTT 5, QoS 1)"
+
+
+CHECKS: dict[str, Callable[[Settings], str]] = {
+    "kafka": lambda s: asyncio.run(kafka_round_trip(s)),
+    "elasticsearch": elasticsearch_round_trip,
+    "postgres": postgres_round_trip,
+    "redis": redis_round_trip,
+    "mosquitto": mqtt_round_trip,
+}
+
+
+def run_all(settings: Settings) -> list[Check]:
+    results = []
+    for service, check in CHECKS.items():
+        started = time.monotonic()
+        try:
+            detail, ok = check(settings), True
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, the others still run
+            detail, ok = f"{type(exc).__name__}: {exc}", False
+        results.append(Check(service, ok, detail, time.monotonic() - started))
+    return results

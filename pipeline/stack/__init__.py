@@ -1,0 +1,1 @@
+"""The local stack of real services (Kafka, Elasticsearch, PostgreSQL, Redis, Mosquitto)."""

@@ -1,0 +1,1 @@
+"""The Avro schemas (``*.avsc``) of every topic the pipeline writes."""
