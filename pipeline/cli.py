@@ -128,7 +128,7 @@ def _credentials(settings: Settings):  # type: ignore[no-untyped-def]
     help="Write site_id,lamp_id,password to this file (mode 0600) instead of standard output.",
 )
 @click.pass_context
-def lamps_provision(
+def lamps_provision(  # noqa: PLR0917 - click passes every option positionally
     ctx: click.Context,
     site: str | None,
     lamp: str | None,

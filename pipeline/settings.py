@@ -10,6 +10,7 @@ The defaults point at the local stack started by ``veilleuse stack up``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,14 +36,20 @@ class KafkaSettings(_Section):
     bootstrap_servers: str = Field(
         "127.0.0.1:19092", description="Comma-separated host:port list of the brokers."
     )
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism (PLAIN when SASL is on and this is unset)."
+    )
+    sasl_username: str | None = Field(None, description="SASL user.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
     ssl_cafile: Path | None = Field(None, description="CA bundle for SSL/SASL_SSL.")
     topic_partitions: int = Field(6, ge=1, description="Partitions of the topics we create.")
     topic_replication_factor: int = Field(1, ge=1, description="Replicas of the topics we create.")
-    topic_min_insync_replicas: int = Field(1, ge=1)
+    topic_min_insync_replicas: int = Field(
+        1, ge=1, description="min.insync.replicas of the topics we create."
+    )
 
     @property
     def bootstrap_list(self) -> list[str]:
@@ -53,41 +60,50 @@ class MqttBroker(_Section):
     """One source MQTT broker. Several may be listed while lamps migrate between brokers."""
 
     name: str = Field("local", description="Label written into record headers as the source.")
-    host: str = "127.0.0.1"
-    port: int = Field(11883, ge=1, le=65535)
-    tls: bool = False
-    ca_file: Path | None = None
+    host: str = Field("127.0.0.1", description="Broker host.")
+    port: int = Field(11883, ge=1, le=65535, description="Broker port.")
+    tls: bool = Field(False, description="Connect with TLS.")
+    ca_file: Path | None = Field(None, description="CA bundle for TLS.")
 
 
 class MqttSettings(_Section):
-    """MQTT brokers and the connector's account (``VEILLEUSE_MQTT__*``).
+    """MQTT brokers and the connector's account (``VEILLEUSE_MQTT__*``)."""
 
-    ``VEILLEUSE_MQTT__BROKERS`` takes a JSON list, e.g.
-    ``[{"name": "old", "host": "10.0.0.5", "port": 8883, "tls": true}]``.
-    """
-
-    brokers: tuple[MqttBroker, ...] = (MqttBroker(),)
-    username: str = "veilleuse-connector"
-    password: SecretStr = SecretStr(LOCAL_MQTT_PASSWORD)
-    share_group: str = Field("veilleuse-connector", pattern=r"^[A-Za-z0-9_-]+$")
+    brokers: tuple[MqttBroker, ...] = Field(
+        (MqttBroker(),),
+        description="Source brokers: a JSON list of {name, host, port, tls, ca_file}.",
+    )
+    username: str = Field("veilleuse-connector", description="The connector's broker account.")
+    password: SecretStr = Field(
+        SecretStr(LOCAL_MQTT_PASSWORD), description="The connector's broker password (secret)."
+    )
+    share_group: str = Field(
+        "veilleuse-connector",
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Shared-subscription group ($share/<group>/...) that the replicas split.",
+    )
     client_id: str = Field(
         "veilleuse-connector-0",
         description="Stable per replica, so that its persistent session survives restarts.",
     )
-    session_expiry_s: int = Field(3600, ge=1)
-    keepalive_s: int = Field(30, ge=5)
+    session_expiry_s: int = Field(
+        3600, ge=1, description="How long the broker keeps a disconnected session's backlog."
+    )
+    keepalive_s: int = Field(30, ge=5, description="MQTT keep-alive interval.")
 
 
 class PostgresSettings(_Section):
     """PostgreSQL (``VEILLEUSE_POSTGRES__*``)."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(15432, ge=1, le=65535)
-    user: str = "veilleuse"
-    password: SecretStr = SecretStr(LOCAL_POSTGRES_PASSWORD)
-    database: str = "veilleuse"
-    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = (
-        "prefer"
+    host: str = Field("127.0.0.1", description="PostgreSQL host.")
+    port: int = Field(15432, ge=1, le=65535, description="PostgreSQL port.")
+    user: str = Field("veilleuse", description="PostgreSQL role.")
+    password: SecretStr = Field(
+        SecretStr(LOCAL_POSTGRES_PASSWORD), description="PostgreSQL password (secret)."
+    )
+    database: str = Field("veilleuse", description="Database name.")
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = Field(
+        "prefer", description="libpq sslmode."
     )
 
     def conninfo(self, database: str | None = None) -> str:
@@ -109,36 +125,38 @@ class PostgresSettings(_Section):
 class ElasticsearchSettings(_Section):
     """Elasticsearch (``VEILLEUSE_ELASTICSEARCH__*``)."""
 
-    url: str = "http://127.0.0.1:19200"
-    username: str | None = None
-    password: SecretStr | None = None
-    api_key: SecretStr | None = None
-    ca_certs: Path | None = None
-    request_timeout_s: float = Field(30.0, gt=0)
+    url: str = Field("http://127.0.0.1:19200", description="Elasticsearch URL.")
+    username: str | None = Field(None, description="Basic-auth user.")
+    password: SecretStr | None = Field(None, description="Basic-auth password (secret).")
+    api_key: SecretStr | None = Field(None, description="API key (secret); wins over basic auth.")
+    ca_certs: Path | None = Field(None, description="CA bundle for https.")
+    request_timeout_s: float = Field(30.0, gt=0, description="Per-request timeout.")
 
 
 class RedisSettings(_Section):
     """Redis (``VEILLEUSE_REDIS__*``)."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(16379, ge=1, le=65535)
-    db: int = Field(0, ge=0)
-    password: SecretStr | None = None
-    tls: bool = False
+    host: str = Field("127.0.0.1", description="Redis host.")
+    port: int = Field(16379, ge=1, le=65535, description="Redis port.")
+    db: int = Field(0, ge=0, description="Redis database number.")
+    password: SecretStr | None = Field(None, description="Redis password (secret).")
+    tls: bool = Field(False, description="Connect with TLS.")
 
 
 class ApiSettings(_Section):
     """The support query API (``VEILLEUSE_API__*``)."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(18080, ge=1, le=65535)
+    host: str = Field("127.0.0.1", description="Address the API listens on.")
+    port: int = Field(18080, ge=1, le=65535, description="Port the API listens on.")
 
 
 class SentrySettings(_Section):
     """Error reporting (``VEILLEUSE_SENTRY__*``). No DSN, no reporting."""
 
-    dsn: SecretStr | None = None
-    traces_sample_rate: float = Field(0.0, ge=0.0, le=1.0)
+    dsn: SecretStr | None = Field(None, description="Sentry DSN (secret); unset: no reporting.")
+    traces_sample_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of transactions traced."
+    )
 
 
 class StackSettings(_Section):
@@ -151,12 +169,18 @@ class StackSettings(_Section):
     home: Path = Field(
         Path(".stack"), description="Project-local folder holding every download, datum and log."
     )
-    kafka_version: str = "4.1.2"
-    kafka_controller_port: int = Field(19093, ge=1, le=65535)
-    kafka_heap: str = "768m"
-    elasticsearch_version: str = "8.19.21"
-    elasticsearch_transport_port: int = Field(19300, ge=1, le=65535)
-    elasticsearch_heap: str = "768m"
+    kafka_version: str = Field("4.1.2", description="Apache Kafka release fetched from Maven.")
+    kafka_controller_port: int = Field(
+        19093, ge=1, le=65535, description="KRaft controller port of the local broker."
+    )
+    kafka_heap: str = Field("768m", description="JVM heap of the local Kafka.")
+    elasticsearch_version: str = Field(
+        "8.19.21", description="Elasticsearch integ-test-zip release fetched from Maven."
+    )
+    elasticsearch_transport_port: int = Field(
+        19300, ge=1, le=65535, description="Node-to-node port of the local Elasticsearch."
+    )
+    elasticsearch_heap: str = Field("768m", description="JVM heap of the local Elasticsearch.")
     java_home: Path | None = Field(
         None, description="JDK for Kafka and Elasticsearch; found under /usr/lib/jvm if unset."
     )
@@ -165,7 +189,9 @@ class StackSettings(_Section):
         description="Unprivileged account the services run as when the stack is started as root.",
     )
     apt_install: bool = Field(True, description="Install missing Debian packages with apt-get.")
-    start_timeout_s: float = Field(240.0, gt=0)
+    start_timeout_s: float = Field(
+        240.0, gt=0, description="How long `stack up` waits for the services to answer."
+    )
 
 
 class Settings(BaseSettings):
@@ -179,9 +205,17 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    environment: Environment = "development"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "console"] = "json"
+    environment: Environment = Field(
+        "development",
+        description="development, staging or production; outside development the local "
+        "secrets are refused.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level."
+    )
+    log_format: Literal["json", "console"] = Field(
+        "json", description="json (one object per line) or console."
+    )
 
     kafka: KafkaSettings = KafkaSettings()
     mqtt: MqttSettings = MqttSettings()
@@ -227,3 +261,30 @@ def load_settings(**overrides: Any) -> Settings:
         stack = settings.stack.model_copy(update={"home": home.resolve()})
         settings = settings.model_copy(update={"stack": stack})
     return settings
+
+
+def settings_table() -> str:
+    """The README's settings table, generated from the model so that it cannot drift."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            annotation = info.annotation
+            env = f"{prefix}{name.upper()}"
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, f"{env}__")
+                continue
+            default = info.get_default(call_default_factory=True)
+            if isinstance(default, SecretStr):
+                shown = "(local development secret)"
+            elif isinstance(default, tuple) and default and isinstance(default[0], BaseModel):
+                shown = json.dumps([item.model_dump(mode="json") for item in default])
+            elif default is None:
+                shown = "(unset)"
+            else:
+                shown = str(default)
+            meaning = info.description or ""
+            rows.append(f"| `{env}` | `{shown}` | {meaning} |")
+
+    walk(Settings, "VEILLEUSE_")
+    return "\n".join(rows)

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.kafka import admin_client, consumer, producer
+from pipeline import clients
+from pipeline.clients import admin_client, consumer, producer
 from pipeline.lamps import Credential
 from pipeline.settings import Settings
 from pipeline.stack.context import StackContext
@@ -87,26 +88,9 @@ async def kafka_round_trip(settings: Settings, messages: int = 10) -> str:
 # -- Elasticsearch -----------------------------------------------------------------------------
 
 
-def elasticsearch_client(settings: Settings) -> Any:
-    from elasticsearch import Elasticsearch
-
-    es = settings.elasticsearch
-    auth: dict[str, Any] = {}
-    if es.api_key is not None:
-        auth["api_key"] = es.api_key.get_secret_value()
-    elif es.username and es.password is not None:
-        auth["basic_auth"] = (es.username, es.password.get_secret_value())
-    return Elasticsearch(
-        es.url,
-        request_timeout=es.request_timeout_s,
-        ca_certs=str(es.ca_certs) if es.ca_certs else None,
-        **auth,
-    )
-
-
 def elasticsearch_round_trip(settings: Settings) -> str:
     doc_id = uuid.uuid4().hex
-    with elasticsearch_client(settings) as es:
+    with clients.elasticsearch(settings) as es:
         es.index(
             index=SMOKE_INDEX,
             id=doc_id,
@@ -137,23 +121,9 @@ def postgres_round_trip(settings: Settings) -> str:
     return f"wrote and read a row (PostgreSQL {version[0] if version else '?'})"
 
 
-def redis_client(settings: Settings) -> Any:
-    import redis
-
-    r = settings.redis
-    return redis.Redis(
-        host=r.host,
-        port=r.port,
-        db=r.db,
-        password=r.password.get_secret_value() if r.password else None,
-        ssl=r.tls,
-        socket_timeout=5,
-    )
-
-
 def redis_round_trip(settings: Settings) -> str:
     key, value = f"smoke:{uuid.uuid4().hex}", uuid.uuid4().hex
-    client = redis_client(settings)
+    client = clients.redis(settings)
     try:
         client.set(key, value, px=60_000)
         got = client.get(key)
@@ -253,9 +223,7 @@ def lamp_message(lamp_id: str, seq: int, **fields: Any) -> bytes:
 
 def provision_temporary_lamp(settings: Settings) -> tuple[Mosquitto, Credential]:
     broker = Mosquitto(StackContext(settings))
-    credential = broker.credentials().provision(
-        [(SMOKE_SITE, f"smoke-{uuid.uuid4().hex[:12]}")]
-    )[0]
+    credential = broker.credentials().provision([(SMOKE_SITE, f"smoke-{uuid.uuid4().hex[:12]}")])[0]
     broker.reload()
     return broker, credential
 
@@ -291,7 +259,9 @@ def mqtt_round_trip(settings: Settings) -> str:
             reason = publisher.publish(topic, payload)
             if reason.is_failure:
                 raise AssertionError(f"own-topic publish refused: {reason}")
-            if not subscriber.wait_for(lambda: any(m.payload == payload for m in subscriber.messages)):
+            if not subscriber.wait_for(
+                lambda: any(m.payload == payload for m in subscriber.messages)
+            ):
                 raise AssertionError("message not received through the shared subscription")
         finally:
             publisher.close()

@@ -11,8 +11,8 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from pipeline.clients import admin_client
 from pipeline.errors import VeilleuseError
-from pipeline.kafka import admin_client
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,8 @@ async def ensure_topics(
 
 
 def _create_errors(response: object) -> list[tuple[str, int, str | None]]:
-    topic_errors = getattr(response, "topic_errors", None) or getattr(response, "topic_error_codes")
+    # aiokafka renamed the field across versions (topic_error_codes → topic_errors).
+    topic_errors = getattr(response, "topic_errors", None) or response.topic_error_codes  # type: ignore[attr-defined]
     return [(entry[0], entry[1], entry[2] if len(entry) > 2 else None) for entry in topic_errors]
 
 

@@ -140,7 +140,9 @@ class StackContext:
         if configured is not None:
             version = _java_major(configured / "bin" / "java")
             if version is None or version < minimum:
-                raise StackError(service, f"VEILLEUSE_STACK__JAVA_HOME={configured} is not Java ≥ {minimum}")
+                raise StackError(
+                    service, f"VEILLEUSE_STACK__JAVA_HOME={configured} is not Java ≥ {minimum}"
+                )
             return configured
         candidates: list[tuple[int, Path]] = []
         for java in sorted(Path("/usr/lib/jvm").glob("*/bin/java")):
@@ -148,7 +150,9 @@ class StackContext:
             if version is not None and version >= minimum and not java.parent.parent.is_symlink():
                 candidates.append((version, java.parent.parent))
         if not candidates:
-            self.ensure_packages(service, {"/usr/lib/jvm/java-17-openjdk-amd64/bin/java": "openjdk-17-jre-headless"})
+            self.ensure_packages(
+                service, {"/usr/lib/jvm/java-17-openjdk-amd64/bin/java": "openjdk-17-jre-headless"}
+            )
             return self.java_home(service, minimum)
         return min(candidates)[1]
 

@@ -59,8 +59,13 @@ def status(settings: Settings, only: tuple[str, ...] = ()) -> list[Report]:
         pid = service.pid()
         ok, detail = service.healthy()
         if pid is not None:
-            return Report(service.name, State.UP if ok else State.STARTING, service.url,
-                          "" if ok else detail, pid)
+            return Report(
+                service.name,
+                State.UP if ok else State.STARTING,
+                service.url,
+                "" if ok else detail,
+                pid,
+            )
         if ok:
             return Report(service.name, State.EXTERNAL, service.url, "not started by veilleuse")
         return Report(service.name, State.DOWN, service.url, detail)
@@ -108,7 +113,6 @@ def up(settings: Settings, only: tuple[str, ...] = ()) -> list[Report]:
             return Report(service.name, State.UP, service.url, "already running", service.pid())
         detail = f"ready in {time.monotonic() - started_at:.1f}s"
         return Report(service.name, State.STARTED, service.url, detail, service.pid())
-        return Report(service.name, state, service.url, detail, service.pid())
 
     with ThreadPoolExecutor(max(1, len(to_wait))) as pool:
         for report in pool.map(wait, to_wait):

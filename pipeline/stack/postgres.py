@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 from pipeline.errors import StackError
 from pipeline.stack.service import Launch, Service
-import signal
 
 
 def _server_bin() -> Path | None:
@@ -43,7 +43,9 @@ class Postgres(Service):
     def _bin(self) -> Path:
         found = _server_bin()
         if found is None:
-            raise StackError(self.name, "PostgreSQL server binaries not found under /usr/lib/postgresql")
+            raise StackError(
+                self.name, "PostgreSQL server binaries not found under /usr/lib/postgresql"
+            )
         return found
 
     def install(self) -> None:

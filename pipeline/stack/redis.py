@@ -1,4 +1,4 @@
-"""Redis, the project's own instance (Debian's redis-server), persisted with the append-only file."""
+"""Redis, the project's own instance (Debian's redis-server), persisted in an append-only file."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class Redis(Service):
             "appendonly yes",
             "appendfsync everysec",
             'save ""',
-            "logfile \"\"",
+            'logfile ""',
         ]
         password = self.ctx.settings.redis.password
         if password is not None:
@@ -55,18 +55,9 @@ class Redis(Service):
         )
 
     def probe(self) -> None:
-        import redis
+        from pipeline import clients
 
-        settings = self.ctx.settings.redis
-        client = redis.Redis(
-            host=self.host,
-            port=self.port,
-            db=settings.db,
-            password=settings.password.get_secret_value() if settings.password else None,
-            ssl=settings.tls,
-            socket_timeout=3,
-            socket_connect_timeout=3,
-        )
+        client = clients.redis(self.ctx.settings)
         try:
             if client.ping() is not True:
                 raise RuntimeError("PING did not answer PONG")

@@ -76,7 +76,7 @@ class Service(ABC):
     def probe(self) -> None:
         """Make one real request; raise (anything) when the service does not answer it."""
 
-    def after_start(self) -> None:
+    def after_start(self) -> None:  # noqa: B027 - optional hook, most services need nothing
         """Work that needs the running service (creating a database, say)."""
 
     # -- folders and files ------------------------------------------------------------------
@@ -171,7 +171,8 @@ class Service(ABC):
                 return
             time.sleep(1.0)
         raise StackError(
-            self.name, f"did not answer in time ({last}); last log lines:\n{self.tail(20)}",
+            self.name,
+            f"did not answer in time ({last}); last log lines:\n{self.tail(20)}",
             self.log_file,
         )
 

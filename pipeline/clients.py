@@ -1,4 +1,4 @@
-"""Kafka clients built from the settings, so security options are set in one place."""
+"""Every client of an external service, built from the settings: security options live here."""
 
 from __future__ import annotations
 
@@ -53,4 +53,33 @@ def consumer(settings: Settings, *topics: str, group_id: str | None, **extra: An
         auto_offset_reset="earliest",
         **client_options(settings),
         **extra,
+    )
+
+
+def elasticsearch(settings: Settings) -> Any:
+    from elasticsearch import Elasticsearch
+
+    es = settings.elasticsearch
+    options: dict[str, Any] = {"request_timeout": es.request_timeout_s}
+    if es.api_key is not None:
+        options["api_key"] = es.api_key.get_secret_value()
+    elif es.username and es.password is not None:
+        options["basic_auth"] = (es.username, es.password.get_secret_value())
+    if es.ca_certs is not None:
+        options["ca_certs"] = str(es.ca_certs)
+    return Elasticsearch(es.url, **options)
+
+
+def redis(settings: Settings) -> Any:
+    import redis as redis_lib
+
+    r = settings.redis
+    return redis_lib.Redis(
+        host=r.host,
+        port=r.port,
+        db=r.db,
+        password=r.password.get_secret_value() if r.password else None,
+        ssl=r.tls,
+        socket_timeout=5,
+        socket_connect_timeout=5,
     )

@@ -1,0 +1,54 @@
+# The two commands of the README: `make demo` and `make test`. Both are idempotent: the
+# virtualenv is rebuilt only when pyproject.toml or constraints.txt change, the stack's
+# downloads are cached under .stack/ and ~/.m2, and running services are reused.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test install stack stack-down lint format typecheck unit integration clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --constraint constraints.txt --editable '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+stack: install
+	$(BIN)/veilleuse stack up
+	$(BIN)/veilleuse setup
+
+stack-down: install
+	$(BIN)/veilleuse stack down
+
+# The main job. Until the simulator exists it is a smoke run through every real service.
+demo: stack
+	$(BIN)/veilleuse smoke
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+integration: stack
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+test: stack lint typecheck
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+clean: stack-down
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,50 @@
+"""Integration tests run against the real services of `veilleuse stack up`.
+
+A service that does not answer skips its tests on a developer's machine, and fails them under
+CI (CI=true): a green CI run must have exercised every real service.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.settings import Settings, load_settings
+from pipeline.stack import manager
+from tests.conftest import under_ci
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def stack_status(settings: Settings) -> dict[str, manager.Report]:
+    return {report.service: report for report in manager.status(settings)}
+
+
+@pytest.fixture
+def require(stack_status: dict[str, manager.Report]):  # type: ignore[no-untyped-def]
+    """``require("kafka", ...)``: fail (CI) or skip (elsewhere) unless each service answers."""
+
+    def check(*names: str) -> None:
+        down = [
+            stack_status[name]
+            for name in names
+            if stack_status[name].state not in (manager.State.UP, manager.State.EXTERNAL)
+        ]
+        if not down:
+            return
+        message = "; ".join(f"{r.service} is {r.state.value} ({r.detail})" for r in down)
+        message += " — run `veilleuse stack up`"
+        if under_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+
+    return check
