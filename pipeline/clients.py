@@ -70,8 +70,10 @@ def elasticsearch(settings: Settings) -> Any:
     return Elasticsearch(es.url, **options)
 
 
-def redis(settings: Settings) -> Any:
+def redis(settings: Settings, *, timeout_s: float = 5.0, retries: int = 3) -> Any:
     import redis as redis_lib
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
 
     r = settings.redis
     return redis_lib.Redis(
@@ -80,6 +82,7 @@ def redis(settings: Settings) -> Any:
         db=r.db,
         password=r.password.get_secret_value() if r.password else None,
         ssl=r.tls,
-        socket_timeout=5,
-        socket_connect_timeout=5,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(ExponentialBackoff(), retries),
     )

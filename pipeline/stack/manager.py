@@ -81,7 +81,7 @@ def up(settings: Settings, only: tuple[str, ...] = ()) -> list[Report]:
         chosen[0].ctx.ensure_layout()
     reports: dict[str, Report] = {}
     to_wait: list[Service] = []
-    started: set[str] = set()
+    started: dict[str, float] = {}
     for service in chosen:
         pid = service.pid()
         if pid is not None:
@@ -100,18 +100,17 @@ def up(settings: Settings, only: tuple[str, ...] = ()) -> list[Report]:
             )
         service.install()
         service.start()
-        started.add(service.name)
+        started[service.name] = time.monotonic()
         to_wait.append(service)
 
     deadline = time.monotonic() + settings.stack.start_timeout_s
-    started_at = time.monotonic()
 
     def wait(service: Service) -> Report:
         service.wait_until_healthy(deadline)
         service.after_start()
         if service.name not in started:
             return Report(service.name, State.UP, service.url, "already running", service.pid())
-        detail = f"ready in {time.monotonic() - started_at:.1f}s"
+        detail = f"ready {time.monotonic() - started[service.name]:.1f}s after its start"
         return Report(service.name, State.STARTED, service.url, detail, service.pid())
 
     with ThreadPoolExecutor(max(1, len(to_wait))) as pool:

@@ -57,7 +57,7 @@ class Redis(Service):
     def probe(self) -> None:
         from pipeline import clients
 
-        client = clients.redis(self.ctx.settings)
+        client = clients.redis(self.ctx.settings, timeout_s=2.0, retries=0)
         try:
             if client.ping() is not True:
                 raise RuntimeError("PING did not answer PONG")
