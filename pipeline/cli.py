@@ -214,6 +214,18 @@ def smoke(ctx: click.Context) -> None:
         sys.exit(1)
 
 
+@cli.command()
+@click.pass_context
+def connector(ctx: click.Context) -> None:
+    """Run the MQTT→Kafka connector until SIGTERM or SIGINT."""
+    from connectors.mqtt_source import run_connector
+    from pipeline.observability import configure_sentry
+
+    settings = _settings(ctx)
+    configure_sentry(settings, "connector")
+    run_connector(settings)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

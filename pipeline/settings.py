@@ -79,8 +79,9 @@ class MqttSettings(_Section):
     )
     share_group: str = Field(
         "veilleuse-connector",
-        pattern=r"^[A-Za-z0-9_-]+$",
-        description="Shared-subscription group ($share/<group>/...) that the replicas split.",
+        pattern=r"^[A-Za-z0-9_-]*$",
+        description="Shared-subscription group ($share/<group>/...) that the replicas split; "
+        "empty: a plain subscription (one replica only).",
     )
     client_id: str = Field(
         "veilleuse-connector-0",
@@ -90,6 +91,32 @@ class MqttSettings(_Section):
         3600, ge=1, description="How long the broker keeps a disconnected session's backlog."
     )
     keepalive_s: int = Field(30, ge=5, description="MQTT keep-alive interval.")
+
+
+class ConnectorSettings(_Section):
+    """The MQTT→Kafka connector (``VEILLEUSE_CONNECTOR__*``)."""
+
+    receive_maximum: int = Field(
+        1000,
+        ge=1,
+        le=65535,
+        description="MQTT 5 Receive Maximum: unacked QoS 1 deliveries per broker connection.",
+    )
+    max_in_flight: int = Field(
+        5000, ge=1, description="Records waiting for Kafka before reading from MQTT pauses."
+    )
+    linger_ms: int = Field(5, ge=0, description="Kafka producer linger.")
+    batch_bytes: int = Field(262144, ge=1024, description="Kafka producer batch size.")
+    kafka_timeout_ms: int = Field(
+        10000, ge=1000, description="Kafka request timeout; a timed-out write is retried."
+    )
+    retry_backoff_s: float = Field(0.5, gt=0, description="Pause before retrying a failed write.")
+    drain_timeout_s: float = Field(
+        20.0, ge=0, description="On SIGTERM, how long in-flight records may take to finish."
+    )
+    metrics_port: int = Field(
+        19101, ge=0, le=65535, description="Prometheus /metrics port; 0 turns it off."
+    )
 
 
 class PostgresSettings(_Section):
@@ -219,6 +246,7 @@ class Settings(BaseSettings):
 
     kafka: KafkaSettings = KafkaSettings()
     mqtt: MqttSettings = MqttSettings()
+    connector: ConnectorSettings = ConnectorSettings()
     postgres: PostgresSettings = PostgresSettings()
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
     redis: RedisSettings = RedisSettings()

@@ -1,0 +1,184 @@
+"""paho-mqtt 2.x driven by an asyncio event loop instead of its own network thread.
+
+paho's socket callbacks hand its socket to the loop (``add_reader``/``add_writer``) and a small
+task calls ``loop_misc`` for keep-alives, as in paho's own asyncio example. Everything then runs
+on one thread: callbacks, acknowledgements and our bookkeeping need no locks.
+
+Reading can be paused (``pause_reading``) to push back on the broker through TCP when our
+buffers are full; the MQTT 5 Receive Maximum bounds QoS 1 deliveries on top of that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+log = logging.getLogger(__name__)
+
+
+class AsyncioMqtt:
+    """One MQTT connection owned by the running asyncio loop."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        client_id: str,
+        username: str | None,
+        password: str | None,
+        protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5,
+        tls: bool = False,
+        ca_file: str | None = None,
+        clean_start: bool = True,
+        session_expiry_s: int = 0,
+        receive_maximum: int | None = None,
+        keepalive_s: int = 30,
+        manual_ack: bool = False,
+        max_inflight_out: int = 100,
+    ) -> None:
+        self.host, self.port, self.keepalive_s = host, port, keepalive_s
+        self.clean_start, self.protocol = clean_start, protocol
+        self.session_expiry_s, self.receive_maximum = session_expiry_s, receive_maximum
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=protocol,
+            manual_ack=manual_ack,
+            reconnect_on_failure=False,
+        )
+        self.client.max_inflight_messages_set(max_inflight_out)
+        self.client.max_queued_messages_set(0)
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if tls:
+            self.client.tls_set_context(ssl.create_default_context(cafile=ca_file))
+        self.client.on_socket_open = self._on_socket_open
+        self.client.on_socket_close = self._on_socket_close
+        self.client.on_socket_register_write = self._on_register_write
+        self.client.on_socket_unregister_write = self._on_unregister_write
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sock: socket.socket | None = None
+        self._reading_paused = False
+        self._connack: asyncio.Future[Any] | None = None
+        self.connected = asyncio.Event()
+        self.generation = 0  # +1 per successful connection; older deliveries are never acked
+        self.on_connected: Callable[[bool], None] | None = None  # argument: session_present
+        self.on_connection_lost: Callable[[str], None] | None = None
+        self._misc_task: asyncio.Task[None] | None = None
+
+    # -- socket plumbing -------------------------------------------------------------------------
+
+    def _on_socket_open(self, client: mqtt.Client, _u: Any, sock: Any) -> None:
+        assert self._loop is not None  # noqa: S101
+        self._sock = sock
+        self._reading_paused = False
+        self._loop.add_reader(sock, client.loop_read)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2**20)
+
+    def _on_socket_close(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+        self._sock = None
+
+    def _on_register_write(self, client: mqtt.Client, _u: Any, sock: Any) -> None:
+        assert self._loop is not None  # noqa: S101
+        self._loop.add_writer(sock, client.loop_write)
+
+    def _on_unregister_write(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
+        if self._loop is not None:
+            self._loop.remove_writer(sock)
+
+    def pause_reading(self) -> None:
+        if self._sock is not None and not self._reading_paused and self._loop is not None:
+            self._loop.remove_reader(self._sock)
+            self._reading_paused = True
+
+    def resume_reading(self) -> None:
+        if self._sock is not None and self._reading_paused and self._loop is not None:
+            self._loop.add_reader(self._sock, self.client.loop_read)
+            self._reading_paused = False
+            self.client.loop_read()  # the socket may already hold data: no edge will wake us
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._reading_paused
+
+    # -- connection ------------------------------------------------------------------------------
+
+    def _on_connect(self, _c: Any, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_result((flags, reason))
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        if was_connected and self.on_connection_lost is not None:
+            self.on_connection_lost(str(reason))
+
+    async def connect(self, timeout_s: float = 10.0) -> None:
+        """Connect once; raises ConnectionError on refusal or timeout."""
+        self._loop = asyncio.get_running_loop()
+        self._connack = self._loop.create_future()
+        properties = None
+        if self.protocol == mqtt.MQTTv5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = self.session_expiry_s
+            if self.receive_maximum:
+                properties.ReceiveMaximum = self.receive_maximum
+        try:
+            self.client.connect(
+                self.host,
+                self.port,
+                keepalive=self.keepalive_s,
+                clean_start=self.clean_start if self.protocol == mqtt.MQTTv5 else True,
+                properties=properties,
+            )
+        except OSError as exc:
+            raise ConnectionError(f"{self.host}:{self.port}: {exc}") from exc
+        if self._misc_task is None or self._misc_task.done():
+            self._misc_task = asyncio.create_task(self._misc_loop())
+        try:
+            flags, reason = await asyncio.wait_for(self._connack, timeout_s)
+        except TimeoutError as exc:
+            self.client.disconnect()
+            raise ConnectionError(f"{self.host}:{self.port}: no CONNACK in {timeout_s}s") from exc
+        if reason.is_failure:
+            self.client.disconnect()
+            raise ConnectionError(f"{self.host}:{self.port}: connection refused: {reason}")
+        self.generation += 1
+        self.connected.set()
+        if self.on_connected is not None:
+            self.on_connected(bool(flags.session_present))
+
+    async def _misc_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            rc = self.client.loop_misc()
+            if rc != mqtt.MQTT_ERR_SUCCESS and self.connected.is_set():
+                self._on_disconnect(None, None, None, mqtt.error_string(rc), None)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.disconnect()
+        if self._misc_task is not None:
+            self._misc_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._misc_task
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock)
+            self._loop.remove_writer(self._sock)
+        self.connected.clear()

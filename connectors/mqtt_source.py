@@ -1,0 +1,400 @@
+"""The MQTT→Kafka connector: every lamp message into Kafka, at least once, never silently dropped.
+
+- Subscribes over MQTT 5 to the lamps' ``events``, ``telemetry`` and ``status`` topics through a
+  shared subscription, with a persistent session (clean start off, session expiry > 0) and a
+  stable client id per replica and broker. Several source brokers are read at once.
+- Manual acknowledgement: the PUBACK of a QoS 1 message goes out only after Kafka acknowledged
+  its record (acks=all, idempotent producer), in arrival order. The MQTT 5 Receive Maximum caps
+  unacknowledged deliveries per connection, and reading pauses when ``max_in_flight`` records
+  are waiting for Kafka: while Kafka is slow or down, the broker keeps the backlog.
+- Valid messages go to ``lamp.messages.v1`` (key ``lamp_id``, the payload bytes as received,
+  MQTT metadata in headers); rejected ones to ``lamp.dlq.v1`` with the reason, then are acked.
+- On SIGTERM it stops reading, lets in-flight records finish (or, past the drain timeout,
+  leaves them unacknowledged for the broker to redeliver) and disconnects keeping its session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from connectors.ledger import AckLedger, Delivery
+from connectors.mqtt_asyncio import AsyncioMqtt
+from connectors.validation import Accepted, validate
+from pipeline import clients
+from pipeline.settings import MqttBroker, Settings
+from pipeline.topics import LAMP_DLQ, LAMP_MESSAGES
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("events", "telemetry", "status")
+
+
+class ConnectorMetrics:
+    """Prometheus metrics of one connector: received = produced + rejected + in flight."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.received = Counter(
+            "veilleuse_connector_received", "MQTT messages received", ["broker"], registry=registry
+        )
+        self.produced = Counter(
+            "veilleuse_connector_produced",
+            "valid messages acknowledged by Kafka on lamp.messages.v1",
+            ["broker"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "veilleuse_connector_rejected",
+            "invalid messages acknowledged by Kafka on lamp.dlq.v1",
+            ["broker", "reason"],
+            registry=registry,
+        )
+        self.redelivered = Counter(
+            "veilleuse_connector_redelivered",
+            "deliveries flagged dup by the broker (a duplicate downstream)",
+            ["broker"],
+            registry=registry,
+        )
+        self.retained = Counter(
+            "veilleuse_connector_retained_replays",
+            "retained messages replayed at subscription time",
+            ["broker"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "veilleuse_connector_in_flight", "records waiting for Kafka", registry=registry
+        )
+        self.paused = Gauge(
+            "veilleuse_connector_reading_paused", "1 while reading is paused", registry=registry
+        )
+        self.kafka_errors = Counter(
+            "veilleuse_connector_kafka_errors", "failed Kafka writes (retried)", registry=registry
+        )
+        self.reconnects = Counter(
+            "veilleuse_connector_mqtt_connects",
+            "MQTT connections made",
+            ["broker"],
+            registry=registry,
+        )
+        self.ack_latency = Histogram(
+            "veilleuse_connector_ack_latency_seconds",
+            "MQTT receive to Kafka acknowledgement",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        )
+
+
+@dataclass(slots=True)
+class Envelope:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    delivery: Delivery
+    connection: BrokerConnection
+    reason: str | None  # None: valid
+
+
+class BrokerConnection:
+    """The connector's session with one source broker."""
+
+    def __init__(self, source: MqttSource, broker: MqttBroker) -> None:
+        settings = source.settings.mqtt
+        self.source = source
+        self.broker = broker
+        self.ledger = AckLedger()
+        self.client_id = f"{settings.client_id}-{broker.name}"
+        self.mqtt = AsyncioMqtt(
+            host=broker.host,
+            port=broker.port,
+            client_id=self.client_id,
+            username=settings.username,
+            password=settings.password.get_secret_value(),
+            tls=broker.tls,
+            ca_file=str(broker.ca_file) if broker.ca_file else None,
+            clean_start=False,
+            session_expiry_s=settings.session_expiry_s,
+            receive_maximum=source.settings.connector.receive_maximum,
+            keepalive_s=settings.keepalive_s,
+            manual_ack=True,
+        )
+        self.mqtt.client.on_message = self._on_message
+        self.mqtt.on_connected = self._on_connected
+        self.mqtt.on_connection_lost = self._on_lost
+        self.lost = asyncio.Event()
+
+    def filters(self) -> list[str]:
+        group = self.source.settings.mqtt.share_group
+        prefix = f"$share/{group}/" if group else ""
+        return [f"{prefix}lamps/+/+/{channel}" for channel in CHANNELS]
+
+    def _on_connected(self, session_present: bool) -> None:
+        self.lost.clear()
+        dropped = self.ledger.forget_older_than(self.mqtt.generation)
+        self.source.metrics.reconnects.labels(self.broker.name).inc()
+        log.info(
+            "connected to %s (session present: %s; %d deliveries of the previous connection "
+            "will be redelivered)",
+            self.broker.name,
+            session_present,
+            dropped,
+            extra={"component": "connector"},
+        )
+        # Retain handling 1: retained messages only for a subscription that did not exist yet.
+        options = SubscribeOptions(qos=1, retainHandling=1)
+        self.mqtt.client.subscribe([(f, options) for f in self.filters()])
+
+    def _on_lost(self, reason: str) -> None:
+        log.warning("lost the connection to %s: %s", self.broker.name, reason)
+        self.lost.set()
+
+    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        self.source.accept(self, message)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Connect, and reconnect with jittered exponential backoff, until stopping."""
+        delay = 0.5
+        while not stopping.is_set():
+            try:
+                await self.mqtt.connect()
+            except ConnectionError as exc:
+                log.warning("MQTT %s: %s; retrying in %.1fs", self.broker.name, exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), delay)
+                delay = min(delay * 2, 30.0) * random.uniform(0.8, 1.2)  # noqa: S311
+                continue
+            delay = 0.5
+            lost, stop = (
+                asyncio.ensure_future(self.lost.wait()),
+                asyncio.ensure_future(stopping.wait()),
+            )
+            await asyncio.wait({lost, stop}, return_when=asyncio.FIRST_COMPLETED)
+            lost.cancel()
+            stop.cancel()
+
+
+class MqttSource:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.config = settings.connector
+        self.metrics = ConnectorMetrics(registry or CollectorRegistry())
+        self.connections = [BrokerConnection(self, b) for b in settings.mqtt.brokers]
+        self.queue: deque[Envelope] = deque()
+        self.queue_ready = asyncio.Event()
+        self.in_flight = 0
+        self.stopping = asyncio.Event()
+        self.producer: Any = None
+
+    # -- MQTT side (callbacks on the loop) -------------------------------------------------------
+
+    def accept(self, connection: BrokerConnection, message: mqtt.MQTTMessage) -> None:
+        received_ns = time.time_ns()
+        broker = connection.broker.name
+        self.metrics.received.labels(broker).inc()
+        if message.dup:
+            self.metrics.redelivered.labels(broker).inc()
+        if message.retain:
+            self.metrics.retained.labels(broker).inc()
+        delivery = Delivery(message.mid, message.qos, connection.mqtt.generation, received_ns)
+        connection.ledger.add(delivery)
+        topic = message.topic
+        payload = bytes(message.payload)
+        headers = [
+            ("mqtt.topic", topic.encode()),
+            ("mqtt.qos", str(message.qos).encode()),
+            ("mqtt.retain", b"true" if message.retain else b"false"),
+            ("mqtt.dup", b"true" if message.dup else b"false"),
+            ("source.broker", broker.encode()),
+            ("received.at.ms", str(received_ns // 1_000_000).encode()),
+        ]
+        verdict = validate(topic, payload)
+        if isinstance(verdict, Accepted):
+            envelope = Envelope(
+                LAMP_MESSAGES.name,
+                verdict.lamp_id.encode(),
+                payload,
+                headers,
+                delivery,
+                connection,
+                None,
+            )
+        else:
+            headers += [
+                ("reject.reason", verdict.reason.value.encode()),
+                ("reject.detail", verdict.detail.encode()),
+            ]
+            key = verdict.lamp_id.encode() if verdict.lamp_id else None
+            envelope = Envelope(
+                LAMP_DLQ.name, key, payload, headers, delivery, connection, verdict.reason.value
+            )
+            log.info(
+                "rejected %s: %s",
+                verdict.reason.value,
+                verdict.detail,
+                extra={"lamp_id": verdict.lamp_id, "topic": topic, "component": "connector"},
+            )
+        self.queue.append(envelope)
+        self.queue_ready.set()
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+        if self.in_flight >= self.config.max_in_flight:
+            self._pause()
+
+    def _pause(self) -> None:
+        for connection in self.connections:
+            connection.mqtt.pause_reading()
+        self.metrics.paused.set(1)
+
+    def _resume(self) -> None:
+        if self.stopping.is_set():
+            return
+        self.metrics.paused.set(0)
+        for connection in self.connections:
+            connection.mqtt.resume_reading()
+
+    # -- Kafka side ------------------------------------------------------------------------------
+
+    async def _start_producer(self) -> None:
+        delay = 0.5
+        while True:
+            producer = clients.producer(
+                self.settings,
+                linger_ms=self.config.linger_ms,
+                max_batch_size=self.config.batch_bytes,
+                request_timeout_ms=self.config.kafka_timeout_ms,
+            )
+            try:
+                await producer.start()
+            except Exception as exc:  # noqa: BLE001 - any start failure: retry, never crash
+                await producer.stop()
+                log.warning("Kafka not reachable (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            self.producer = producer
+            return
+
+    async def _write_loop(self) -> None:
+        while True:
+            if not self.queue:
+                self.queue_ready.clear()
+                await self.queue_ready.wait()
+                continue
+            envelope = self.queue.popleft()
+            try:
+                future = await self.producer.send(
+                    envelope.topic, envelope.value, key=envelope.key, headers=envelope.headers
+                )
+            except Exception as exc:  # noqa: BLE001 - Kafka down or slow: keep it, retry
+                self._retry_later(envelope, exc)
+                continue
+            future.add_done_callback(lambda f, e=envelope: self._written(e, f))
+
+    def _retry_later(self, envelope: Envelope, exc: BaseException) -> None:
+        self.metrics.kafka_errors.inc()
+        log.warning(
+            "Kafka write failed (%s: %s); retrying",
+            type(exc).__name__,
+            exc,
+            extra={"topic": envelope.topic, "component": "connector"},
+        )
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.config.retry_backoff_s, self._requeue, envelope)
+
+    def _requeue(self, envelope: Envelope) -> None:
+        self.queue.appendleft(envelope)
+        self.queue_ready.set()
+
+    def _written(self, envelope: Envelope, future: asyncio.Future[Any]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            self._retry_later(envelope, future.exception() or asyncio.CancelledError())
+            return
+        broker = envelope.connection.broker.name
+        if envelope.reason is None:
+            self.metrics.produced.labels(broker).inc()
+        else:
+            self.metrics.rejected.labels(broker, envelope.reason).inc()
+        self.metrics.ack_latency.observe((time.time_ns() - envelope.delivery.received_ns) / 1e9)
+        self.in_flight -= 1
+        self.metrics.in_flight.set(self.in_flight)
+        connection = envelope.connection
+        if connection.mqtt.connected.is_set():
+            for delivery in connection.ledger.complete(
+                envelope.delivery, connection.mqtt.generation
+            ):
+                connection.mqtt.client.ack(delivery.mid, delivery.qos)
+        else:
+            connection.ledger.complete(envelope.delivery, -1)  # acks impossible: redelivered
+        if self.in_flight <= self.config.max_in_flight // 2:
+            self._resume()
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then drain and disconnect."""
+        await self._start_producer()
+        writer = asyncio.create_task(self._write_loop())
+        sessions = [asyncio.create_task(c.run(self.stopping)) for c in self.connections]
+        log.info(
+            "connector running: brokers %s, share group %s",
+            [c.broker.name for c in self.connections],
+            self.settings.mqtt.share_group,
+        )
+        await stop.wait()
+        await self.shutdown(writer, sessions)
+
+    async def shutdown(
+        self, writer: asyncio.Task[None], sessions: list[asyncio.Task[None]]
+    ) -> None:
+        log.info("stopping: %d records in flight", self.in_flight)
+        self._pause()
+        self.stopping.set()
+        deadline = time.monotonic() + self.config.drain_timeout_s
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.in_flight:
+            log.warning(
+                "drain timeout: %d records left unacknowledged; the broker redelivers them",
+                self.in_flight,
+            )
+        for connection in self.connections:
+            with contextlib.suppress(Exception):
+                connection.mqtt.client.loop_write()  # flush the last PUBACKs
+            await connection.mqtt.close()
+        for task in [writer, *sessions]:
+            task.cancel()
+        await asyncio.gather(writer, *sessions, return_exceptions=True)
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.producer.stop(), 10)
+        log.info("stopped")
+
+
+def run_connector(settings: Settings) -> None:
+    """The ``veilleuse connector`` process: metrics endpoint, signals, run until told to stop."""
+    import signal
+
+    from prometheus_client import start_http_server
+
+    async def main() -> None:
+        registry = CollectorRegistry()
+        if settings.connector.metrics_port:
+            start_http_server(settings.connector.metrics_port, addr="127.0.0.1", registry=registry)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await MqttSource(settings, registry).run(stop)
+
+    asyncio.run(main())
