@@ -72,6 +72,12 @@ class ConnectorMetrics:
             ["broker"],
             registry=registry,
         )
+        self.subscribed = Gauge(
+            "veilleuse_connector_subscribed",
+            "1 once the broker granted every subscription of the current connection",
+            ["broker"],
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "veilleuse_connector_in_flight", "records waiting for Kafka", registry=registry
         )
@@ -130,6 +136,7 @@ class BrokerConnection:
             manual_ack=True,
         )
         self.mqtt.client.on_message = self._on_message
+        self.mqtt.client.on_subscribe = self._on_subscribe
         self.mqtt.on_connected = self._on_connected
         self.mqtt.on_connection_lost = self._on_lost
         self.lost = asyncio.Event()
@@ -155,8 +162,17 @@ class BrokerConnection:
         options = SubscribeOptions(qos=1, retainHandling=1)
         self.mqtt.client.subscribe([(f, options) for f in self.filters()])
 
+    def _on_subscribe(self, _c: Any, _u: Any, _mid: int, reasons: list[Any], _p: Any) -> None:
+        refused = [str(reason) for reason in reasons if reason.is_failure]
+        if refused:
+            log.error("broker %s refused subscriptions: %s", self.broker.name, refused)
+            return
+        self.source.metrics.subscribed.labels(self.broker.name).set(1)
+        log.info("subscribed on %s to %s", self.broker.name, self.filters())
+
     def _on_lost(self, reason: str) -> None:
         log.warning("lost the connection to %s: %s", self.broker.name, reason)
+        self.source.metrics.subscribed.labels(self.broker.name).set(0)
         self.lost.set()
 
     def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
