@@ -39,6 +39,8 @@ class Fleet:
                 client_id=f"lamp-{credential.lamp_id}",
                 username=credential.lamp_id,
                 password=credential.password,
+                tls=broker.tls,
+                ca_file=str(broker.ca_file) if broker.ca_file else None,
                 max_inflight_out=max_inflight,
             )
             lamp = LampConnection(credential, connection)

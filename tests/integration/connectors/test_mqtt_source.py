@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from connectors.validation import MAX_PAYLOAD_BYTES, Reason
-from pipeline.settings import Settings
+from pipeline.settings import MqttBroker, Settings
+from pipeline.stack.context import StackContext
+from pipeline.stack.mosquitto import Mosquitto
 from tests.integration.connectors.conftest import (
     ConnectorFactory,
     LampSet,
@@ -22,6 +26,7 @@ from tests.integration.connectors.conftest import (
     lamp_payload,
     wait_for_all,
 )
+from tests.integration.pipeline.test_stack_command import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -242,3 +247,129 @@ async def test_retained_replays_are_flagged(
     fleet.lamps[old].mqtt.client.publish(
         f"lamps/{lamps.site_id}/{old}/status", b"", qos=1, retain=True
     )
+
+
+async def test_sigterm_mid_stream_loses_nothing(
+    connector: ConnectorFactory,
+    provision: Callable[[int], LampSet],
+    fleet_of: Callable[..., Any],
+    messages_topic: TopicReader,
+) -> None:
+    lamps = provision(200)
+    fleet = await fleet_of(lamps)
+    process = connector()
+    codes: list[int] = []
+
+    async def stop_and_restart(sent: int) -> None:
+        if not codes and sent >= 8000:
+            codes.append(await asyncio.to_thread(process.terminate))
+            process.start()
+
+    sent = await publish_paced(fleet, lamps, per_lamp=100, rate=4000, on_progress=stop_and_restart)
+    assert codes == [0]
+    missing, _ = await wait_for_all(messages_topic, lamps.site_id, sent)
+    assert not missing
+    assert "stopping:" in process.log_file.read_text()
+
+
+def make_tls_broker(tmp_path: Path, settings: Settings) -> tuple[MqttBroker, Callable[[], Any]]:
+    """A second Mosquitto with a TLS listener and the stack's accounts, as during a migration."""
+    run = lambda *args: subprocess.run(args, check=True, capture_output=True, cwd=tmp_path)  # noqa: E731
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        "-subj", "/CN=veilleuse-test-ca", "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", "server.key", "-out", "server.csr")  # fmt: skip
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "1", "-extfile", "san.ext", "-out", "server.crt")  # fmt: skip
+    credentials = Mosquitto(StackContext(settings)).credentials()
+    shutil.copy(credentials.password_file, tmp_path / "passwd")
+    shutil.copy(credentials.acl_file, tmp_path / "acl")
+    port = free_port()
+    (tmp_path / "mosquitto.conf").write_text(
+        "\n".join(
+            [
+                "user root",
+                "per_listener_settings false",
+                f"listener {port} 127.0.0.1",
+                f"cafile {tmp_path / 'ca.crt'}",
+                f"certfile {tmp_path / 'server.crt'}",
+                f"keyfile {tmp_path / 'server.key'}",
+                "allow_anonymous false",
+                f"password_file {tmp_path / 'passwd'}",
+                f"acl_file {tmp_path / 'acl'}",
+                "persistence true",
+                f"persistence_location {tmp_path}/",
+                "max_queued_messages 1000000",
+                "",
+            ]
+        )
+    )
+
+    def start() -> subprocess.Popen[bytes]:
+        with (tmp_path / "mosquitto.log").open("ab") as log_file:
+            return subprocess.Popen(
+                ["mosquitto", "-c", str(tmp_path / "mosquitto.conf")],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+
+    broker = MqttBroker(
+        name="new", host="127.0.0.1", port=port, tls=True, ca_file=tmp_path / "ca.crt"
+    )
+    return broker, start
+
+
+async def test_two_source_brokers_one_over_tls_and_a_broker_restart(
+    settings: Settings,
+    tmp_path: Path,
+    connector: ConnectorFactory,
+    provision: Callable[[int], LampSet],
+    fleet_of: Callable[..., Any],
+    messages_topic: TopicReader,
+) -> None:
+    old_site, new_site = provision(50), provision(50)
+    new, start_new = make_tls_broker(tmp_path, settings)
+    broker_proc = start_new()
+    try:
+        await asyncio.sleep(0.5)
+        brokers = [settings.mqtt.brokers[0].model_dump(mode="json"), new.model_dump(mode="json")]
+        process = connector(VEILLEUSE_MQTT__BROKERS=json.dumps(brokers))
+        deadline = time.monotonic() + 20
+        while process.metrics().get("subscribed{broker=new}") != 1:
+            assert time.monotonic() < deadline, "never subscribed on the TLS broker"
+            await asyncio.sleep(0.2)
+        old_fleet = await fleet_of(old_site)
+        new_fleet = await fleet_of(new_site, new)
+
+        async def nothing(_: int) -> None:
+            await asyncio.sleep(0)
+
+        sent = await publish_paced(old_fleet, old_site, 50, 2000, nothing)
+        sent_new = await publish_paced(new_fleet, new_site, 50, 2000, nothing)
+
+        # The new broker restarts (a deployment): the connector reconnects by itself.
+        await new_fleet.close()
+        broker_proc.terminate()
+        broker_proc.wait(10)
+        broker_proc = start_new()
+        deadline = time.monotonic() + 60
+        while process.metrics().get("mqtt_connects_total{broker=new}", 0) < 2:
+            assert time.monotonic() < deadline, "did not reconnect to the restarted broker"
+            await asyncio.sleep(0.5)
+        again = await fleet_of(new_site, new)
+        for lamp_id in new_site.ids:
+            again.publish(lamp_id, "events", lamp_payload(lamp_id, 1000))
+            sent_new.add((lamp_id, 1000))
+        await again.wait_acked()
+
+        for site, expected in ((old_site, sent), (new_site, sent_new)):
+            missing, _ = await wait_for_all(messages_topic, site.site_id, expected)
+            assert not missing, f"{len(missing)} lost from {site.site_id}"
+        records = await messages_topic.read(
+            lambda r: r.key is not None and r.key.startswith(new_site.site_id.encode())
+        )
+        assert {dict(r.headers)["source.broker"] for r in records} == {b"new"}
+    finally:
+        broker_proc.terminate()
+        broker_proc.wait(10)
