@@ -38,6 +38,10 @@ from pipeline.topics import LAMP_DLQ, LAMP_MESSAGES
 log = logging.getLogger(__name__)
 
 CHANNELS = ("events", "telemetry", "status")
+# A rejected payload is kept whole in the DLQ up to this size; beyond it (far past the protocol's
+# 4 KiB) only its head is kept, flagged, so one huge message cannot exceed Kafka's request size
+# and block every acknowledgement behind it.
+DLQ_MAX_PAYLOAD_BYTES = 256 * 1024
 
 
 class ConnectorMetrics:
@@ -135,6 +139,10 @@ class BrokerConnection:
             keepalive_s=settings.keepalive_s,
             manual_ack=True,
         )
+        name = broker.name
+        metrics = source.metrics
+        self.count_received = metrics.received.labels(name).inc
+        self.count_produced = metrics.produced.labels(name).inc
         self.mqtt.client.on_message = self._on_message
         self.mqtt.client.on_subscribe = self._on_subscribe
         self.mqtt.on_connected = self._on_connected
@@ -217,7 +225,7 @@ class MqttSource:
     def accept(self, connection: BrokerConnection, message: mqtt.MQTTMessage) -> None:
         received_ns = time.time_ns()
         broker = connection.broker.name
-        self.metrics.received.labels(broker).inc()
+        connection.count_received()
         if message.dup:
             self.metrics.redelivered.labels(broker).inc()
         if message.retain:
@@ -250,6 +258,12 @@ class MqttSource:
                 ("reject.reason", verdict.reason.value.encode()),
                 ("reject.detail", verdict.detail.encode()),
             ]
+            if len(payload) > DLQ_MAX_PAYLOAD_BYTES:
+                headers += [
+                    ("payload.truncated", b"true"),
+                    ("payload.size", str(len(payload)).encode()),
+                ]
+                payload = payload[:DLQ_MAX_PAYLOAD_BYTES]
             key = verdict.lamp_id.encode() if verdict.lamp_id else None
             envelope = Envelope(
                 LAMP_DLQ.name, key, payload, headers, delivery, connection, verdict.reason.value
@@ -338,7 +352,7 @@ class MqttSource:
             return
         broker = envelope.connection.broker.name
         if envelope.reason is None:
-            self.metrics.produced.labels(broker).inc()
+            envelope.connection.count_produced()
         else:
             self.metrics.rejected.labels(broker, envelope.reason).inc()
         self.metrics.ack_latency.observe((time.time_ns() - envelope.delivery.received_ns) / 1e9)

@@ -373,3 +373,28 @@ async def test_two_source_brokers_one_over_tls_and_a_broker_restart(
     finally:
         broker_proc.terminate()
         broker_proc.wait(10)
+
+
+async def test_a_huge_payload_cannot_block_the_connector(
+    connector: ConnectorFactory,
+    provision: Callable[[int], LampSet],
+    fleet_of: Callable[..., Any],
+    messages_topic: TopicReader,
+    dlq_topic: TopicReader,
+) -> None:
+    """A 3 MiB payload (over Kafka's 1 MiB request limit) goes to the DLQ, head only, flagged."""
+    lamps = provision(1)
+    fleet = await fleet_of(lamps)
+    connector()
+    (lamp_id,) = lamps.ids
+    fleet.publish(lamp_id, "events", b"x" * (3 * 1024 * 1024))
+    fleet.publish(lamp_id, "events", lamp_payload(lamp_id, 1))
+    await fleet.wait_acked()
+    missing, _ = await wait_for_all(messages_topic, lamps.site_id, {(lamp_id, 1)}, timeout_s=30)
+    assert not missing
+    (rejected,) = await dlq_topic.read(lambda r: r.key == lamp_id.encode())
+    headers = dict(rejected.headers)
+    assert headers["reject.reason"] == b"oversized"
+    assert headers["payload.truncated"] == b"true"
+    assert headers["payload.size"] == str(3 * 1024 * 1024).encode()
+    assert rejected.value == b"x" * len(rejected.value)
