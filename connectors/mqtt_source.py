@@ -148,6 +148,7 @@ class BrokerConnection:
         self.mqtt.on_connected = self._on_connected
         self.mqtt.on_connection_lost = self._on_lost
         self.lost = asyncio.Event()
+        self.subscribed = asyncio.Event()
 
     def filters(self) -> list[str]:
         group = self.source.settings.mqtt.share_group
@@ -176,11 +177,13 @@ class BrokerConnection:
             log.error("broker %s refused subscriptions: %s", self.broker.name, refused)
             return
         self.source.metrics.subscribed.labels(self.broker.name).set(1)
+        self.subscribed.set()
         log.info("subscribed on %s to %s", self.broker.name, self.filters())
 
     def _on_lost(self, reason: str) -> None:
         log.warning("lost the connection to %s: %s", self.broker.name, reason)
         self.source.metrics.subscribed.labels(self.broker.name).set(0)
+        self.subscribed.clear()
         self.lost.set()
 
     def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
@@ -370,6 +373,22 @@ class MqttSource:
             self._resume()
 
     # -- life cycle ------------------------------------------------------------------------------
+
+    async def ready(self) -> None:
+        """Until every broker granted the subscriptions: before that, messages reach no one."""
+        await asyncio.gather(*(c.subscribed.wait() for c in self.connections))
+
+    def count(self, name: str, **labels: str) -> float:
+        """The sum of a counter's samples whose labels include ``labels``."""
+        total = 0.0
+        for family in self.metrics.registry.collect():
+            for sample in family.samples:
+                if (
+                    sample.name == f"veilleuse_connector_{name}_total"
+                    and labels.items() <= sample.labels.items()
+                ):
+                    total += sample.value
+        return total
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then drain and disconnect."""

@@ -272,12 +272,67 @@ def mqtt_round_trip(settings: Settings) -> str:
     return f"lamp {lamp.lamp_id} → $share subscription of {mqtt.username} (MQTT 5, QoS 1)"
 
 
+async def connector_round_trip(settings: Settings, lamps: int = 3, per_lamp: int = 10) -> str:
+    """Provisioned lamps publish valid and junk messages; the connector writes both to Kafka."""
+    from connectors.fleet import Fleet
+    from connectors.mqtt_source import MqttSource
+
+    run = uuid.uuid4().hex[:8]
+    mqtt = settings.mqtt.model_copy(
+        update={"share_group": f"smoke{run}", "client_id": f"smoke-{run}", "session_expiry_s": 60}
+    )
+    connector = settings.connector.model_copy(update={"metrics_port": 0})
+    isolated = settings.model_copy(update={"mqtt": mqtt, "connector": connector})
+    broker = Mosquitto(StackContext(settings))
+    site = f"smoke-{run}"
+    creds = broker.credentials().provision([(site, f"{site}-{i}") for i in range(lamps)])
+    broker.reload()
+    source, stop = MqttSource(isolated), asyncio.Event()
+    running = asyncio.create_task(source.run(stop))
+    fleet = Fleet(settings.mqtt.brokers[0], creds)
+    try:
+        await asyncio.wait_for(source.ready(), 30)
+        for attempt in range(50):  # the broker reloads its password file asynchronously
+            try:
+                await fleet.connect()
+                break
+            except ConnectionError:
+                await fleet.close()
+                fleet = Fleet(settings.mqtt.brokers[0], creds)
+                await asyncio.sleep(0.2 * attempt)
+        for cred in creds:
+            for seq in range(per_lamp):
+                fleet.publish(cred.lamp_id, "events", lamp_message(cred.lamp_id, seq))
+            fleet.publish(cred.lamp_id, "events", b"{not json")
+        await fleet.wait_acked(30)
+        valid, junk = lamps * per_lamp, lamps
+        deadline = time.monotonic() + 30
+        while source.count("produced") < valid or source.count("rejected") < junk:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"connector wrote {source.count('produced')}/{valid} messages and "
+                    f"{source.count('rejected')}/{junk} rejects"
+                )
+            await asyncio.sleep(0.1)
+    finally:
+        await fleet.close()
+        stop.set()
+        await running
+        broker.credentials().revoke([c.lamp_id for c in creds])
+        broker.reload()
+    return (
+        f"{valid} lamp messages → lamp.messages.v1 and {junk} junk → lamp.dlq.v1, "
+        "each acked to MQTT after Kafka's ack"
+    )
+
+
 CHECKS: dict[str, Callable[[Settings], str]] = {
     "kafka": lambda s: asyncio.run(kafka_round_trip(s)),
     "elasticsearch": elasticsearch_round_trip,
     "postgres": postgres_round_trip,
     "redis": redis_round_trip,
     "mosquitto": mqtt_round_trip,
+    "connector": lambda s: asyncio.run(connector_round_trip(s)),
 }
 
 

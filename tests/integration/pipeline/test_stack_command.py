@@ -134,3 +134,13 @@ def test_a_service_that_dies_at_start_is_named_with_its_log(
     assert "kafka: exited during start-up" in result.stderr
     assert str(tmp_path / "logs" / "kafka.log") in result.stderr
     assert "Invalid" in result.stderr  # the JVM's own words, from the log's tail
+
+
+def test_the_demo_smoke_run_passes(require: Callable[..., None]) -> None:
+    """`make demo`'s main job: a round trip through every service and the connector."""
+    require(*manager.SERVICE_NAMES)
+    result = veilleuse("smoke")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[1] for line in lines] == [*manager.SERVICE_NAMES, "connector"]
+    assert all(line.startswith("ok ") for line in lines), lines
