@@ -35,6 +35,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.fleet import Fleet
+from connectors.mqtt_asyncio import discard_session
 from pipeline.lamps import Credential
 from pipeline.settings import Settings, load_settings
 from pipeline.stack.context import StackContext
@@ -207,6 +208,16 @@ def main() -> None:
     finally:
         broker.credentials().revoke([c.lamp_id for c in creds])
         broker.reload()
+        mqtt = settings.mqtt
+        asyncio.run(
+            discard_session(
+                host=mqtt.brokers[0].host,
+                port=mqtt.brokers[0].port,
+                client_id=f"{group}-{mqtt.brokers[0].name}",
+                username=mqtt.username,
+                password=mqtt.password.get_secret_value(),
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -218,3 +218,22 @@ class AsyncioMqtt:
             self._loop.remove_reader(self._sock)
             self._loop.remove_writer(self._sock)
         self.connected.clear()
+
+
+async def discard_session(
+    *, host: str, port: int, client_id: str, username: str, password: str,
+    tls: bool = False, ca_file: str | None = None,
+) -> None:  # fmt: skip
+    """Delete a persistent session and its queue (clean start, then expiry 0 on disconnect).
+
+    A stopped replica's session keeps a copy of every matching message until it expires; one
+    that will never return (a test, a benchmark, a scaled-down replica) should be discarded.
+    """
+    connection = AsyncioMqtt(
+        host=host, port=port, client_id=client_id, username=username, password=password,
+        tls=tls, ca_file=ca_file, clean_start=True, session_expiry_s=0,
+    )  # fmt: skip
+    try:
+        await connection.connect()
+    finally:
+        await connection.close()

@@ -309,6 +309,9 @@ class MqttSource:
             )
             try:
                 await producer.start()
+            except asyncio.CancelledError:
+                await producer.stop()
+                raise
             except Exception as exc:  # noqa: BLE001 - any start failure: retry, never crash
                 await producer.stop()
                 log.warning("Kafka not reachable (%s); retrying in %.1fs", exc, delay)
@@ -392,7 +395,15 @@ class MqttSource:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then drain and disconnect."""
-        await self._start_producer()
+        starting = asyncio.create_task(self._start_producer())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # told to stop before Kafka could be reached: nothing was taken
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            log.info("stopped before Kafka was reachable; no MQTT message was taken")
+            return
+        stopping.cancel()
         writer = asyncio.create_task(self._write_loop())
         sessions = [asyncio.create_task(c.run(self.stopping)) for c in self.connections]
         log.info(

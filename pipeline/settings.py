@@ -201,6 +201,13 @@ class StackSettings(_Section):
         19093, ge=1, le=65535, description="KRaft controller port of the local broker."
     )
     kafka_heap: str = Field("768m", description="JVM heap of the local Kafka.")
+    kafka_secure_port: int = Field(
+        19094,
+        ge=1,
+        le=65535,
+        description="SASL_SSL listener (PLAIN over TLS) of the local Kafka, for clients that "
+        "must prove TLS and credentials; its CA is .stack/kafka/tls/ca.crt.",
+    )
     elasticsearch_version: str = Field(
         "8.19.21", description="Elasticsearch integ-test-zip release fetched from Maven."
     )

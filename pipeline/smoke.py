@@ -275,6 +275,7 @@ def mqtt_round_trip(settings: Settings) -> str:
 async def connector_round_trip(settings: Settings, lamps: int = 3, per_lamp: int = 10) -> str:
     """Provisioned lamps publish valid and junk messages; the connector writes both to Kafka."""
     from connectors.fleet import Fleet
+    from connectors.mqtt_asyncio import discard_session
     from connectors.mqtt_source import MqttSource
 
     run = uuid.uuid4().hex[:8]
@@ -320,6 +321,13 @@ async def connector_round_trip(settings: Settings, lamps: int = 3, per_lamp: int
         await running
         broker.credentials().revoke([c.lamp_id for c in creds])
         broker.reload()
+        await discard_session(
+            host=settings.mqtt.brokers[0].host,
+            port=settings.mqtt.brokers[0].port,
+            client_id=source.connections[0].client_id,
+            username=mqtt.username,
+            password=mqtt.password.get_secret_value(),
+        )
     return (
         f"{valid} lamp messages → lamp.messages.v1 and {junk} junk → lamp.dlq.v1, "
         "each acked to MQTT after Kafka's ack"

@@ -7,6 +7,7 @@ messages; sessions are made short-lived so that none lingers on the broker after
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.fleet import Fleet
+from connectors.mqtt_asyncio import discard_session
 from pipeline import clients
 from pipeline.lamps import Credential
 from pipeline.settings import MqttBroker, Settings
@@ -60,9 +62,15 @@ class ConnectorProcess:
         self.restarts += 1
 
     def terminate(self, timeout_s: float = 60) -> int:
+        """SIGTERM and wait; a connector that ignores it is killed and the test fails."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout_s)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
 
     @property
     def metrics_port(self) -> int:
@@ -79,6 +87,16 @@ class ConnectorProcess:
                 key = sample.name.removeprefix("veilleuse_connector_")
                 values[f"{key}{{{labels}}}" if labels else key] = sample.value
         return values
+
+    def wait_for_metrics(self, timeout_s: float = 30) -> dict[str, float]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self.metrics()
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def wait_until_subscribed(self, timeout_s: float = 30) -> dict[str, float]:
         """Messages published before the subscription exists reach no one: wait for it."""
@@ -113,12 +131,17 @@ class ConnectorFactory:
     made: list[ConnectorProcess] = field(default_factory=list)
 
     def __call__(self, replica: int = 0, **env: str) -> ConnectorProcess:
+        process = self.start_only(replica, **env)
+        process.wait_until_subscribed()
+        return process
+
+    def start_only(self, replica: int = 0, **env: str) -> ConnectorProcess:
         name = f"{self.group}-{replica}"
         full_env = {
             "VEILLEUSE_MQTT__SHARE_GROUP": self.group,
             "VEILLEUSE_MQTT__CLIENT_ID": name,
             # Short-lived sessions: nothing of this test lingers on the broker for long.
-            "VEILLEUSE_MQTT__SESSION_EXPIRY_S": "300",
+            "VEILLEUSE_MQTT__SESSION_EXPIRY_S": "120",
             "VEILLEUSE_CONNECTOR__METRICS_PORT": str(free_port()),
             "VEILLEUSE_LOG_FORMAT": "console",
             **env,
@@ -126,7 +149,6 @@ class ConnectorFactory:
         process = ConnectorProcess(name, full_env, self.tmp_path / f"{name}.log")
         self.made.append(process)
         process.start()
-        process.wait_until_subscribed()
         return process
 
 
@@ -137,9 +159,26 @@ def connector(
     require("kafka", "mosquitto")
     factory = ConnectorFactory(settings, tmp_path)
     yield factory
+    mqtt = settings.mqtt
     for process in factory.made:
         if process.alive():
             process.terminate()
+        brokers = json.loads(process.env.get("VEILLEUSE_MQTT__BROKERS", "[]")) or [
+            b.model_dump(mode="json") for b in mqtt.brokers
+        ]
+        for broker in brokers:
+            with contextlib.suppress(ConnectionError):
+                asyncio.run(
+                    discard_session(
+                        host=broker["host"],
+                        port=broker["port"],
+                        client_id=f"{process.name}-{broker.get('name', 'local')}",
+                        username=mqtt.username,
+                        password=mqtt.password.get_secret_value(),
+                        tls=broker.get("tls", False),
+                        ca_file=broker.get("ca_file"),
+                    )
+                )
 
 
 @dataclass

@@ -19,6 +19,7 @@ from connectors.validation import MAX_PAYLOAD_BYTES, Reason
 from pipeline.settings import MqttBroker, Settings
 from pipeline.stack.context import StackContext
 from pipeline.stack.mosquitto import Mosquitto
+from pipeline.stack.tls import make_certificates
 from tests.integration.connectors.conftest import (
     ConnectorFactory,
     LampSet,
@@ -32,7 +33,11 @@ pytestmark = pytest.mark.slow
 
 
 async def publish_paced(
-    fleet: Any, lamps: LampSet, per_lamp: int, rate: float, on_progress: Callable[[int], Any]
+    fleet: Any,
+    lamps: LampSet,
+    per_lamp: int,
+    rate: float,
+    on_progress: Callable[[int], Any] | None = None,
 ) -> set[tuple[str, int]]:
     """Round-robin over the lamps at about ``rate`` messages/s; returns what was sent."""
     sent: set[tuple[str, int]] = set()
@@ -43,7 +48,8 @@ async def publish_paced(
             sent.add((lamp_id, seq))
         ahead = len(sent) / rate - (time.monotonic() - started)
         await asyncio.sleep(max(0.0, ahead))
-        await on_progress(len(sent))
+        if on_progress is not None:
+            await on_progress(len(sent))
     await fleet.wait_acked()
     return sent
 
@@ -142,10 +148,7 @@ async def test_two_replicas_split_the_work(
     fleet = await fleet_of(lamps)
     replicas = [connector(0), connector(1)]
 
-    async def nothing(_: int) -> None:
-        await asyncio.sleep(0)
-
-    sent = await publish_paced(fleet, lamps, per_lamp=50, rate=5000, on_progress=nothing)
+    sent = await publish_paced(fleet, lamps, per_lamp=50, rate=5000)
     missing, _ = await wait_for_all(messages_topic, lamps.site_id, sent)
     assert not missing
     received = [r.metrics()["received_total{broker=local}"] for r in replicas]
@@ -275,14 +278,7 @@ async def test_sigterm_mid_stream_loses_nothing(
 
 def make_tls_broker(tmp_path: Path, settings: Settings) -> tuple[MqttBroker, Callable[[], Any]]:
     """A second Mosquitto with a TLS listener and the stack's accounts, as during a migration."""
-    run = lambda *args: subprocess.run(args, check=True, capture_output=True, cwd=tmp_path)  # noqa: E731
-    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        "-subj", "/CN=veilleuse-test-ca", "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
-    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-        "-keyout", "server.key", "-out", "server.csr")  # fmt: skip
-    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "1", "-extfile", "san.ext", "-out", "server.crt")  # fmt: skip
+    tls = make_certificates(tmp_path)
     credentials = Mosquitto(StackContext(settings)).credentials()
     shutil.copy(credentials.password_file, tmp_path / "passwd")
     shutil.copy(credentials.acl_file, tmp_path / "acl")
@@ -293,9 +289,9 @@ def make_tls_broker(tmp_path: Path, settings: Settings) -> tuple[MqttBroker, Cal
                 "user root",
                 "per_listener_settings false",
                 f"listener {port} 127.0.0.1",
-                f"cafile {tmp_path / 'ca.crt'}",
-                f"certfile {tmp_path / 'server.crt'}",
-                f"keyfile {tmp_path / 'server.key'}",
+                f"cafile {tls.ca_cert}",
+                f"certfile {tls.server_cert}",
+                f"keyfile {tls.server_key}",
                 "allow_anonymous false",
                 f"password_file {tmp_path / 'passwd'}",
                 f"acl_file {tmp_path / 'acl'}",
@@ -343,11 +339,8 @@ async def test_two_source_brokers_one_over_tls_and_a_broker_restart(
         old_fleet = await fleet_of(old_site)
         new_fleet = await fleet_of(new_site, new)
 
-        async def nothing(_: int) -> None:
-            await asyncio.sleep(0)
-
-        sent = await publish_paced(old_fleet, old_site, 50, 2000, nothing)
-        sent_new = await publish_paced(new_fleet, new_site, 50, 2000, nothing)
+        sent = await publish_paced(old_fleet, old_site, 50, 2000)
+        sent_new = await publish_paced(new_fleet, new_site, 50, 2000)
 
         # The new broker restarts (a deployment): the connector reconnects by itself.
         await new_fleet.close()

@@ -29,7 +29,11 @@ def ctx(tmp_path: Path) -> StackContext:
 
 def test_kafka_properties_follow_the_settings(ctx: StackContext) -> None:
     text = Kafka(ctx).server_properties()
-    assert "listeners=PLAINTEXT://127.0.0.1:29092,CONTROLLER://127.0.0.1:29093" in text
+    assert (
+        "listeners=PLAINTEXT://127.0.0.1:29092,SASL_SSL://127.0.0.1:19094,"
+        "CONTROLLER://127.0.0.1:29093" in text
+    )
+    assert f'user_veilleuse="{Kafka(ctx).sasl_password()}"' in text
     assert "auto.create.topics.enable=false" in text
     assert f"log.dirs={ctx.home / 'kafka' / 'data'}" in text
 
