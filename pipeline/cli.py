@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from pipeline.errors import VeilleuseError
 from pipeline.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from pipeline.lamps import MosquittoCredentials
+    from pipeline.stack.mosquitto import Mosquitto
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -104,7 +108,7 @@ def lamps() -> None:
     """Register lamps and manage their broker credentials."""
 
 
-def _credentials(settings: Settings):  # type: ignore[no-untyped-def]
+def _credentials(settings: Settings) -> tuple[Mosquitto, MosquittoCredentials]:
     from pipeline.stack.context import StackContext
     from pipeline.stack.mosquitto import Mosquitto
 
@@ -230,8 +234,5 @@ def main() -> None:
     try:
         cli(standalone_mode=True)
     except VeilleuseError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except subprocess.CalledProcessError as exc:  # pragma: no cover - reported, not hidden
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
