@@ -101,7 +101,7 @@ class AsyncioMqtt:
         self._reading_paused = False
         self._connack: asyncio.Future[Any] | None = None
         self.connected = asyncio.Event()
-        self.generation = 0  # +1 per successful connection; older deliveries are never acked
+        self.generation = 0  # +1 per accepted CONNACK; older deliveries are never acked
         self.on_connected: Callable[[bool], None] | None = None  # argument: session_present
         self.on_connection_lost: Callable[[str], None] | None = None
         self._misc_task: asyncio.Task[None] | None = None
@@ -156,6 +156,13 @@ class AsyncioMqtt:
     # -- connection ------------------------------------------------------------------------------
 
     def _on_connect(self, _c: Any, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        # Runs inside paho's read of the CONNACK: a resumed session's queued PUBLISHes follow in
+        # the same buffer, so the new generation must be in place before they are handled.
+        if not reason.is_failure:
+            self.generation += 1
+            self.connected.set()
+            if self.on_connected is not None:
+                self.on_connected(bool(flags.session_present))
         if self._connack is not None and not self._connack.done():
             self._connack.set_result((flags, reason))
 
@@ -188,17 +195,13 @@ class AsyncioMqtt:
         if self._misc_task is None or self._misc_task.done():
             self._misc_task = asyncio.create_task(self._misc_loop())
         try:
-            flags, reason = await asyncio.wait_for(self._connack, timeout_s)
+            _flags, reason = await asyncio.wait_for(self._connack, timeout_s)
         except TimeoutError as exc:
             self.client.disconnect()
             raise ConnectionError(f"{self.host}:{self.port}: no CONNACK in {timeout_s}s") from exc
         if reason.is_failure:
             self.client.disconnect()
             raise ConnectionError(f"{self.host}:{self.port}: connection refused: {reason}")
-        self.generation += 1
-        self.connected.set()
-        if self.on_connected is not None:
-            self.on_connected(bool(flags.session_present))
 
     async def _misc_loop(self) -> None:
         while True:

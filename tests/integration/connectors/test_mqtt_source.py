@@ -274,6 +274,13 @@ async def test_sigterm_mid_stream_loses_nothing(
     missing, _ = await wait_for_all(messages_topic, lamps.site_id, sent)
     assert not missing
     assert "stopping:" in process.log_file.read_text()
+    # Everything written was acknowledged, including what the broker pushed right behind the
+    # CONNACK of the resumed session: after another clean stop, a restart gets nothing again.
+    assert process.terminate() == 0
+    process.start()
+    process.wait_until_subscribed()
+    await asyncio.sleep(2)
+    assert process.metrics()["received_total{broker=local}"] == 0
 
 
 def make_tls_broker(tmp_path: Path, settings: Settings) -> tuple[MqttBroker, Callable[[], Any]]:
