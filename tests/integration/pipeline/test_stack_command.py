@@ -144,3 +144,14 @@ def test_the_demo_smoke_run_passes(require: Callable[..., None]) -> None:
     lines = result.stdout.splitlines()
     assert [line.split()[1] for line in lines] == [*manager.SERVICE_NAMES, "connector"]
     assert all(line.startswith("ok ") for line in lines), lines
+
+
+def test_logs_shows_a_services_log(require: Callable[..., None]) -> None:
+    require("redis")
+    result = veilleuse("stack", "logs", "redis", "-n", "5")
+    assert result.returncode == 0, result.stderr
+    assert 0 < len(result.stdout.splitlines()) <= 5
+    assert "redis.log" in result.stderr
+    unknown = veilleuse("stack", "logs", "zookeeper")
+    assert unknown.returncode == 1
+    assert "unknown service" in unknown.stderr
