@@ -458,3 +458,28 @@ def run_connector(settings: Settings) -> None:
         await MqttSource(settings, registry).run(stop)
 
     asyncio.run(main())
+
+
+def discard_sessions(settings: Settings) -> list[str]:
+    """Delete this replica's session on every broker (see ``discard_session``)."""
+    from connectors.mqtt_asyncio import discard_session
+
+    mqtt = settings.mqtt
+
+    async def main() -> list[str]:
+        done = []
+        for broker in mqtt.brokers:
+            client_id = f"{mqtt.client_id}-{broker.name}"
+            await discard_session(
+                host=broker.host,
+                port=broker.port,
+                client_id=client_id,
+                username=mqtt.username,
+                password=mqtt.password.get_secret_value(),
+                tls=broker.tls,
+                ca_file=str(broker.ca_file) if broker.ca_file else None,
+            )
+            done.append(client_id)
+        return done
+
+    return asyncio.run(main())

@@ -219,13 +219,23 @@ def smoke(ctx: click.Context) -> None:
 
 
 @cli.command()
+@click.option(
+    "--discard-session",
+    is_flag=True,
+    help="Instead of running: delete this replica's sessions (VEILLEUSE_MQTT__CLIENT_ID) and "
+    "their queued messages on every broker, for a replica retired for good.",
+)
 @click.pass_context
-def connector(ctx: click.Context) -> None:
+def connector(ctx: click.Context, discard_session: bool) -> None:
     """Run the MQTT→Kafka connector until SIGTERM or SIGINT."""
-    from connectors.mqtt_source import run_connector
+    from connectors.mqtt_source import discard_sessions, run_connector
     from pipeline.observability import configure_sentry
 
     settings = _settings(ctx)
+    if discard_session:
+        for client_id in discard_sessions(settings):
+            click.echo(f"discarded session {client_id}")
+        return
     configure_sentry(settings, "connector")
     run_connector(settings)
 

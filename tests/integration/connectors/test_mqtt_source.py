@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -399,3 +400,24 @@ async def test_a_huge_payload_cannot_block_the_connector(
     assert headers["payload.truncated"] == b"true"
     assert headers["payload.size"] == str(3 * 1024 * 1024).encode()
     assert rejected.value == b"x" * len(rejected.value)
+
+
+def test_a_retired_replicas_session_can_be_discarded(connector: ConnectorFactory) -> None:
+    """Its persistent session would queue every lamp message until it expires."""
+    process = connector()
+    assert process.terminate() == 0
+    discard = subprocess.run(
+        [sys.executable, "-m", "pipeline", "connector", "--discard-session"],
+        env={**os.environ, **process.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert discard.returncode == 0, discard.stderr
+    assert f"discarded session {process.name}-local" in discard.stdout
+    process.start()
+    process.wait_until_subscribed()
+    log = process.log_file.read_text()
+    assert log.count("session present: True") == 0  # the first start had none either
+    assert log.count("session present: False") == 2
