@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 from pathlib import Path
 from string import Template
 
@@ -69,13 +68,8 @@ class Kafka(Service):
         return self.dir / "tls"
 
     def sasl_password(self) -> str:
-        """The local SASL_SSL listener's password for user ``veilleuse`` (made once)."""
-        secret = self.dir / "sasl.secret"
-        if not secret.exists():
-            self.dir.mkdir(parents=True, exist_ok=True)
-            secret.write_text(secrets.token_urlsafe(24))
-            os.chmod(secret, 0o600)
-        return secret.read_text().strip()
+        """The local SASL_SSL listener's password for user ``veilleuse``."""
+        return self.secret("sasl")
 
     def server_properties(self) -> str:
         stack = self.ctx.settings.stack

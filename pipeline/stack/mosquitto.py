@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import signal
 import threading
 import uuid
@@ -42,12 +41,7 @@ class Mosquitto(Service):
         self.ctx.ensure_packages(self.name, {"mosquitto": "mosquitto"})
 
     def probe_password(self) -> str:
-        secret = self.dir / "probe.secret"
-        if not secret.exists():
-            self.dir.mkdir(parents=True, exist_ok=True)
-            secret.write_text(secrets.token_urlsafe(24))
-            os.chmod(secret, 0o600)
-        return secret.read_text().strip()
+        return self.secret("probe")
 
     def credentials(self) -> MosquittoCredentials:
         mqtt = self.ctx.settings.mqtt

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -102,6 +103,16 @@ class Service(ABC):
     def managed(self) -> bool:
         """Only services that the settings place on this machine's loopback are ours to run."""
         return self.host in ("127.0.0.1", "localhost", "::1")
+
+    def secret(self, name: str) -> str:
+        """A random secret of this service, made once and kept in ``<dir>/<name>.secret`` (0600)."""
+        path = self.dir / f"{name}.secret"
+        if not path.exists():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(24))
+        return path.read_text().strip()
 
     def base_env(self) -> dict[str, str]:
         return {"PATH": SERVICE_PATH, "LANG": "C.UTF-8", "HOME": str(self.dir)}
