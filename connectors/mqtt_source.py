@@ -220,6 +220,7 @@ class MqttSource:
         self.queue: deque[Envelope] = deque()
         self.queue_ready = asyncio.Event()
         self.in_flight = 0
+        self.paused = False
         self.stopping = asyncio.Event()
         self.producer: Any = None
 
@@ -285,13 +286,15 @@ class MqttSource:
             self._pause()
 
     def _pause(self) -> None:
+        self.paused = True
         for connection in self.connections:
             connection.mqtt.pause_reading()
         self.metrics.paused.set(1)
 
     def _resume(self) -> None:
-        if self.stopping.is_set():
+        if not self.paused or self.stopping.is_set():
             return
+        self.paused = False
         self.metrics.paused.set(0)
         for connection in self.connections:
             connection.mqtt.resume_reading()

@@ -86,7 +86,7 @@ async def ensure_topics(
             )
             errors = [
                 (name, code, message)
-                for name, code, message in _create_errors(response)
+                for name, code, message in response.topic_errors
                 if code not in (0, 36)  # 36: TOPIC_ALREADY_EXISTS (a concurrent setup)
             ]
             if errors:
@@ -106,12 +106,6 @@ async def ensure_topics(
         else:
             results.append(TopicResult(spec.name, True, kafka.topic_partitions))
     return results
-
-
-def _create_errors(response: object) -> list[tuple[str, int, str | None]]:
-    # aiokafka renamed the field across versions (topic_error_codes → topic_errors).
-    topic_errors = getattr(response, "topic_errors", None) or response.topic_error_codes  # type: ignore[attr-defined]
-    return [(entry[0], entry[1], entry[2] if len(entry) > 2 else None) for entry in topic_errors]
 
 
 def ensure_topics_sync(settings: Settings) -> list[TopicResult]:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import threading
 import uuid
-from typing import Any
 
 from pipeline.lamps import ComponentAccount, MosquittoCredentials
 from pipeline.settings import MqttBroker
@@ -109,53 +107,17 @@ class Mosquitto(Service):
         return True
 
     def probe(self) -> None:
-        mqtt_round_trip(self.host, self.port, PROBE_USER, self.probe_password())
+        from pipeline.mqtt_session import MqttSession, round_trip
 
-
-def mqtt_round_trip(host: str, port: int, username: str, password: str, timeout: float = 5) -> None:
-    """Subscribe, publish at QoS 1 and receive our own message over MQTT 5."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    topic = f"{PROBE_TOPIC}/{uuid.uuid4().hex}"
-    payload = uuid.uuid4().bytes
-    connected, subscribed, received = threading.Event(), threading.Event(), threading.Event()
-    refusal: list[str] = []
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"veilleuse-probe-{uuid.uuid4().hex[:8]}",
-        protocol=mqtt.MQTTv5,
-    )
-    client.username_pw_set(username, password)
-    client.on_subscribe = lambda *_args: subscribed.set()
-
-    def on_connect(_c: object, _u: object, _f: object, reason: Any, _p: object) -> None:
-        if reason.is_failure:
-            refusal.append(str(reason))
-        connected.set()
-
-    client.on_connect = on_connect
-
-    def on_message(_c: object, _u: object, message: mqtt.MQTTMessage) -> None:
-        if message.payload == payload:
-            received.set()
-
-    client.on_message = on_message
-    code = client.connect(host, port, keepalive=10)
-    if code != mqtt.MQTT_ERR_SUCCESS:
-        raise RuntimeError(f"MQTT connect failed: {mqtt.error_string(code)}")
-    client.loop_start()
-    try:
-        if not connected.wait(timeout):
-            raise RuntimeError("no CONNACK")
-        if refusal:
-            raise RuntimeError(f"connection refused: {refusal[0]}")
-        client.subscribe(topic, qos=1)
-        if not subscribed.wait(timeout):
-            raise RuntimeError("no SUBACK (wrong credentials?)")
-        client.publish(topic, payload, qos=1)
-        if not received.wait(timeout):
-            raise RuntimeError("published message did not come back")
-    finally:
-        client.disconnect()
-        client.loop_stop()
+        session = MqttSession(
+            self.host,
+            self.port,
+            PROBE_USER,
+            self.probe_password(),
+            timeout_s=5.0,
+            client_prefix="veilleuse-probe",
+        )
+        try:
+            round_trip(session, f"{PROBE_TOPIC}/{uuid.uuid4().hex}")
+        finally:
+            session.close()

@@ -9,6 +9,7 @@ import pytest
 
 from pipeline import smoke
 from pipeline.lamps import Credential
+from pipeline.mqtt_session import MqttSession
 from pipeline.settings import Settings
 from pipeline.stack.mosquitto import Mosquitto
 
@@ -66,7 +67,7 @@ def test_wrong_password_and_revoked_lamp_are_refused(
 ) -> None:
     broker, cred = lamp
     host, port = settings.mqtt.brokers[0].host, settings.mqtt.brokers[0].port
-    session = smoke.MqttSession(host, port, cred.lamp_id, cred.password + "x")
+    session = MqttSession(host, port, cred.lamp_id, cred.password + "x")
     try:
         assert session.connect().is_failure
     finally:
@@ -76,7 +77,7 @@ def test_wrong_password_and_revoked_lamp_are_refused(
     broker.reload()
     refused = False
     for _ in range(50):  # the broker re-reads its files asynchronously after SIGHUP
-        session = smoke.MqttSession(host, port, cred.lamp_id, cred.password)
+        session = MqttSession(host, port, cred.lamp_id, cred.password)
         try:
             if session.connect().is_failure:
                 refused = True
