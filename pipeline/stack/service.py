@@ -138,7 +138,8 @@ class Service(ABC):
             with _quiet_client_logs():
                 self.probe()
         except Exception as exc:  # noqa: BLE001 - any failure of a probe means "not answering"
-            return False, f"{type(exc).__name__}: {exc}".strip()[:300]
+            # One line per service in `status`: client errors often span several.
+            return False, " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
         return True, "answers"
 
     def start(self) -> int:

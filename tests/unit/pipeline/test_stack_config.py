@@ -73,3 +73,15 @@ def test_a_recycled_pid_is_not_ours(ctx: StackContext) -> None:
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_a_multi_line_probe_error_stays_on_one_status_line(ctx: StackContext) -> None:
+    service: Service = manager.services(ctx.settings, ("redis",))[0]
+
+    def fail() -> None:
+        raise OSError("connection refused\n\tIs the server running?")
+
+    service.probe = fail  # type: ignore[method-assign]
+    ok, detail = service.healthy()
+    assert not ok
+    assert detail == "OSError: connection refused Is the server running?"
