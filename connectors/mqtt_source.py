@@ -33,7 +33,7 @@ from connectors.mqtt_asyncio import AsyncioMqtt
 from connectors.validation import Accepted, validate
 from pipeline import clients
 from pipeline.settings import MqttBroker, Settings
-from pipeline.topics import LAMP_DLQ, LAMP_MESSAGES
+from pipeline.topics import LAMP_DLQ, LAMP_MESSAGES, topic_name
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +214,8 @@ class BrokerConnection:
 class MqttSource:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
+        self.messages_topic = topic_name(settings, LAMP_MESSAGES)
+        self.dlq_topic = topic_name(settings, LAMP_DLQ)
         self.config = settings.connector
         self.metrics = ConnectorMetrics(registry or CollectorRegistry())
         self.connections = [BrokerConnection(self, b) for b in settings.mqtt.brokers]
@@ -249,7 +251,7 @@ class MqttSource:
         verdict = validate(topic, payload)
         if isinstance(verdict, Accepted):
             envelope = Envelope(
-                LAMP_MESSAGES.name,
+                self.messages_topic,
                 verdict.lamp_id.encode(),
                 payload,
                 headers,
@@ -270,7 +272,7 @@ class MqttSource:
                 payload = payload[:DLQ_MAX_PAYLOAD_BYTES]
             key = verdict.lamp_id.encode() if verdict.lamp_id else None
             envelope = Envelope(
-                LAMP_DLQ.name, key, payload, headers, delivery, connection, verdict.reason.value
+                self.dlq_topic, key, payload, headers, delivery, connection, verdict.reason.value
             )
             log.info(
                 "rejected %s: %s",

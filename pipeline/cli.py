@@ -240,6 +240,19 @@ def connector(ctx: click.Context, discard_session: bool) -> None:
     run_connector(settings)
 
 
+@cli.command()
+@click.option("--instance-id", help="This worker's stable name (default: settings, then host).")
+@click.pass_context
+def worker(ctx: click.Context, instance_id: str | None) -> None:
+    """Run one detection worker (faust) until SIGTERM or SIGINT."""
+    from pipeline.observability import configure_sentry
+    from pipeline.worker import run_worker
+
+    settings = _settings(ctx)
+    configure_sentry(settings, "worker")
+    run_worker(settings, instance_id=instance_id)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

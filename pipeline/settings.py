@@ -45,6 +45,11 @@ class KafkaSettings(_Section):
     sasl_username: str | None = Field(None, description="SASL user.")
     sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
     ssl_cafile: Path | None = Field(None, description="CA bundle for SSL/SASL_SSL.")
+    topic_prefix: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9._-]*$",
+        description="Prepended to every topic name (a tenant or a test run on a shared cluster).",
+    )
     topic_partitions: int = Field(6, ge=1, description="Partitions of the topics we create.")
     topic_replication_factor: int = Field(1, ge=1, description="Replicas of the topics we create.")
     topic_min_insync_replicas: int = Field(
@@ -117,6 +122,98 @@ class ConnectorSettings(_Section):
     metrics_port: int = Field(
         19101, ge=0, le=65535, description="Prometheus /metrics port; 0 turns it off."
     )
+
+
+class DetectionSettings(_Section):
+    """The detection workers and the protocol's alerting rules (``VEILLEUSE_DETECTION__*``).
+
+    Thresholds are the protocol's defaults; durations are seconds of the lamp's event time.
+    """
+
+    app_id: str = Field(
+        "veilleuse-detection",
+        description="faust app id: the consumer group, and the prefix of the changelog topics.",
+    )
+    instance_id: str | None = Field(
+        None,
+        description="Stable name of this worker (its Kafka transactional id); the host name "
+        "if unset. Two live workers must not share it.",
+    )
+    fall_min_confidence: float = Field(
+        0.6, ge=0, le=1, description="Rule 1: lowest fall_suspected confidence considered."
+    )
+    fall_confirm_s: float = Field(
+        30, gt=0, description="Rule 1: time without getting up that confirms a fall."
+    )
+    long_lie_s: float = Field(
+        60, gt=0, description="Rule 2: time on the floor (or lying outside bed) that is a fall."
+    )
+    staff_min_persons: int = Field(
+        2, ge=2, description="Rule 4: persons seen from which staff is taken to be present."
+    )
+    help_cancel_s: float = Field(
+        30, gt=0, description="Rule 3: a cancel within this time resolves a help request."
+    )
+    environment_low_c: float = Field(17, description="Rule 7: lowest acceptable mean (°C).")
+    environment_high_c: float = Field(28, description="Rule 7: highest acceptable mean (°C).")
+    environment_window_s: int = Field(600, gt=0, description="Rule 7: averaging window.")
+    environment_step_s: int = Field(
+        60, gt=0, description="Rule 7: hop of the averaging window (window = hop: tumbling)."
+    )
+    environment_min_samples: int = Field(
+        5, ge=1, description="Rule 7: fewest readings for a window's mean to count."
+    )
+    offline_after_s: float = Field(300, gt=0, description="Rule 8: silence that is offline.")
+    inactivity_s: float = Field(10_800, gt=0, description="Rule 9: daytime without motion.")
+    inactivity_day_start: str = Field(
+        "08:00", pattern=r"^\d\d:\d\d$", description="Rule 9: daytime start, site local time."
+    )
+    inactivity_day_end: str = Field(
+        "20:00", pattern=r"^\d\d:\d\d$", description="Rule 9: daytime end, site local time."
+    )
+    default_timezone: str = Field(
+        "Europe/Paris", description="Time zone of the sites not listed in site_timezones."
+    )
+    site_timezones: dict[str, str] = Field(
+        default_factory=dict,
+        description="JSON object: site_id (or site prefix ending in '-') to IANA time zone.",
+    )
+    window_grace_s: float = Field(
+        120, ge=0, description="How late a record may be and still count in its window."
+    )
+    dedup_horizon_s: float = Field(
+        900, gt=0, description="How long (event time) a (lamp_id, seq, ts) is remembered."
+    )
+    dedup_max_entries: int = Field(4096, ge=16, description="Remembered messages per lamp.")
+    max_future_skew_s: float = Field(
+        300, gt=0, description="A ts further ahead of the ingest time than this is refused."
+    )
+    clock_bucket_s: float = Field(
+        120, gt=0, description="Lamp clock: how long an offset sample is trusted, per bucket."
+    )
+    tick_interval_s: float = Field(
+        0.2, gt=0, description="How often the deadlines of silent lamps are checked."
+    )
+    linger_ms: int = Field(20, ge=0, description="Wait for more records before processing a batch.")
+    max_batch_records: int = Field(
+        20_000, ge=1, description="Records processed (and committed) per batch at most."
+    )
+    standby_replicas: int = Field(
+        0, ge=0, description="Standby copies of the table state on other workers."
+    )
+    session_timeout_s: float = Field(
+        10,
+        gt=0,
+        le=60,
+        description="How long a silent worker keeps its partitions: the failover time after a "
+        "crash.",
+    )
+    metrics_port: int = Field(
+        19102, ge=0, le=65535, description="Prometheus metrics port of a worker (0: none)."
+    )
+
+    def ms(self, seconds: float) -> int:
+        return round(seconds * 1000)
 
 
 class PostgresSettings(_Section):
@@ -254,6 +351,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     mqtt: MqttSettings = MqttSettings()
     connector: ConnectorSettings = ConnectorSettings()
+    detection: DetectionSettings = DetectionSettings()
     postgres: PostgresSettings = PostgresSettings()
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
     redis: RedisSettings = RedisSettings()

@@ -38,11 +38,28 @@ LAMP_DLQ = TopicSpec(
 )
 LAMP_LATE = TopicSpec("lamp.late.v1", "records too late for their event-time window", 30 * DAY_MS)
 ALERTS = TopicSpec("alerts.v1", "alerts raised and resolved (Avro single-object)", 90 * DAY_MS)
+ALERT_ACKS = TopicSpec(
+    "alerts.acks.v1",
+    "staff acknowledgements of alerts (Avro), keyed by lamp_id: close incidents",
+    90 * DAY_MS,
+)
 ACTIVITY_HOURLY = TopicSpec(
     "activity.hourly.v1", "final activity figures per lamp and hour (Avro)", 90 * DAY_MS
 )
 
-TOPICS: tuple[TopicSpec, ...] = (LAMP_MESSAGES, LAMP_DLQ, LAMP_LATE, ALERTS, ACTIVITY_HOURLY)
+TOPICS: tuple[TopicSpec, ...] = (
+    LAMP_MESSAGES,
+    LAMP_DLQ,
+    LAMP_LATE,
+    ALERTS,
+    ALERT_ACKS,
+    ACTIVITY_HOURLY,
+)
+
+
+def topic_name(settings: Settings, spec: TopicSpec) -> str:
+    """The topic's name on the cluster: ``kafka.topic_prefix`` + its canonical name."""
+    return settings.kafka.topic_prefix + spec.name
 
 
 @dataclass(frozen=True)
@@ -63,16 +80,17 @@ async def ensure_topics(
     admin = admin_client(settings)
     await admin.start()
     try:
-        existing = await admin.describe_topics([spec.name for spec in specs])
+        names = {spec.name: topic_name(settings, spec) for spec in specs}
+        existing = await admin.describe_topics(list(names.values()))
         partitions = {
             t["topic"]: len(t["partitions"]) for t in existing if t.get("error_code", 0) == 0
         }
-        missing = [spec for spec in specs if spec.name not in partitions]
+        missing = [spec for spec in specs if names[spec.name] not in partitions]
         if missing:
             response = await admin.create_topics(
                 [
                     NewTopic(
-                        spec.name,
+                        names[spec.name],
                         kafka.topic_partitions,
                         kafka.topic_replication_factor,
                         topic_configs={
@@ -95,16 +113,17 @@ async def ensure_topics(
         await admin.close()
     results = []
     for spec in specs:
-        if spec.name in partitions:
-            have = partitions[spec.name]
+        name = names[spec.name]
+        if name in partitions:
+            have = partitions[name]
             note = (
                 f"has {have} partitions, settings say {kafka.topic_partitions} (left unchanged)"
                 if have != kafka.topic_partitions
                 else ""
             )
-            results.append(TopicResult(spec.name, False, have, note))
+            results.append(TopicResult(name, False, have, note))
         else:
-            results.append(TopicResult(spec.name, True, kafka.topic_partitions))
+            results.append(TopicResult(name, True, kafka.topic_partitions))
     return results
 
 

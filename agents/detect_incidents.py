@@ -1,0 +1,188 @@
+"""The detection agent: the rules of :mod:`agents.rules` over ``lamp.messages.v1``.
+
+A thin adapter between the batch path (:mod:`pipeline.streaming`) and the pure engine
+(:mod:`agents.detection`): one engine per assigned partition, alerts encoded as Avro on
+``alerts.v1``, records too late for their window to ``lamp.late.v1``, undecodable ones to
+``lamp.dlq.v1`` with the reason, acknowledgements read from ``alerts.acks.v1``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable
+
+from agents.detection import PartitionEngine
+from agents.rules import build_rules
+from agents.rules.base import Rule
+from pipeline.records import KafkaRecord
+from pipeline.settings import Settings
+from pipeline.streaming import BatchResult, Produce
+from pipeline.topics import ALERT_ACKS, ALERTS, LAMP_DLQ, LAMP_LATE, LAMP_MESSAGES, topic_name
+from schemas import SchemaError, decode, encode, schema
+
+log = logging.getLogger(__name__)
+
+
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class DetectIncidents:
+    """The :class:`~pipeline.streaming.BatchAgent` raising alerts from lamp messages."""
+
+    name = "detect_incidents"
+    table_name = "lamp_state"
+
+    def __init__(self, settings: Settings, wall_clock: object = wall_clock_ms) -> None:
+        config = settings.detection
+        self.config = config
+        self.messages_topic = topic_name(settings, LAMP_MESSAGES)
+        self.acks_topic = topic_name(settings, ALERT_ACKS)
+        self.alerts_topic = topic_name(settings, ALERTS)
+        self.late_topic = topic_name(settings, LAMP_LATE)
+        self.dlq_topic = topic_name(settings, LAMP_DLQ)
+        self.topics: tuple[str, ...] = (self.messages_topic, self.acks_topic)
+        self.rules: tuple[Rule, ...] = build_rules(config)  # type: ignore[type-arg]
+        self.wall_clock = wall_clock
+        self.engines: dict[int, PartitionEngine] = {}
+        self.alert_schema = schema("alert.v1")
+        self.counts: Counter[str] = Counter()
+        self._result = BatchResult()
+
+    # -- partitions ---------------------------------------------------------------------------
+
+    def assign(self, partition: int, stored: Iterable[bytes]) -> None:
+        stored = list(stored)
+        index: dict[str, bytes] = {}
+        engine = PartitionEngine(
+            partition,
+            self.rules,
+            self.config,
+            lambda lamp_id: index.pop(lamp_id, None),
+            self.wall_clock,  # type: ignore[arg-type]
+        )
+        restored = engine.restore(stored)
+        for data in stored:
+            state = engine.decode_state(data)
+            if state is not None and state.partition == partition:
+                index.setdefault(state.lamp_id, data)
+        self.engines[partition] = engine
+        log.info(
+            "partition %d: %d lamps known, %d with deadlines",
+            partition,
+            len(index),
+            restored,
+            extra={"partition": partition, "component": self.name},
+        )
+
+    def revoke(self, partition: int) -> None:
+        engine = self.engines.pop(partition, None)
+        if engine is not None:
+            self.counts.update(engine.counts)
+
+    # -- records --------------------------------------------------------------------------
+
+    def process(self, partition: int, records: list[KafkaRecord]) -> None:
+        engine = self.engines[partition]
+        for record in records:
+            if record.topic == self.acks_topic:
+                self._acknowledge(engine, record)
+            else:
+                engine.process(record)
+        self._collect(engine)
+
+    def _acknowledge(self, engine: PartitionEngine, record: KafkaRecord) -> None:
+        try:
+            _, ack = decode(record.value or b"")
+            lamp_id, alert_id = str(ack["lamp_id"]), str(ack["alert_id"])
+            by, at = str(ack["acknowledged_by"]), int(ack["acknowledged_at"])
+        except (SchemaError, KeyError, TypeError, ValueError) as exc:
+            engine.outputs.dead.append((record, "bad_ack", str(exc)[:200]))
+            return
+        if not engine.acknowledge(lamp_id, alert_id, by, at):
+            log.info(
+                "ack of %s matches no open incident (already closed?)",
+                alert_id,
+                extra={"lamp_id": lamp_id, "topic": record.topic, "offset": record.offset},
+            )
+
+    def advance(self, partition: int, wall_ms: int) -> None:
+        engine = self.engines[partition]
+        due = engine.next_due()
+        if due is None or due > wall_ms:
+            return
+        before = len(engine.outputs.alerts)
+        engine.advance(wall_ms)
+        if len(engine.outputs.alerts) > before:
+            self._result.deadlines_ms.append(due)
+        self._collect(engine)
+
+    def _collect(self, engine: PartitionEngine) -> None:
+        outputs = engine.take_outputs()
+        if not outputs:
+            return
+        result = self._result
+        for alert in outputs.alerts:
+            result.produce.append(
+                Produce(
+                    self.alerts_topic,
+                    alert.lamp_id.encode(),
+                    encode(self.alert_schema, alert.as_record()),
+                    [("alert.kind", alert.kind.encode()), ("alert.state", alert.state.encode())],
+                )
+            )
+            log.info(
+                "alert %s %s %s",
+                alert.kind,
+                alert.state,
+                alert.alert_id,
+                extra={"lamp_id": alert.lamp_id, "site_id": alert.site_id, "component": self.name},
+            )
+        for record, reason in outputs.late:
+            result.produce.append(self._side_output(self.late_topic, record, "late.reason", reason))
+        for record, reason, detail in outputs.dead:
+            result.produce.append(
+                self._side_output(
+                    self.dlq_topic, record, "reject.reason", reason, [("reject.detail", detail)]
+                )
+            )
+            log.warning(
+                "dead-lettered %s: %s",
+                reason,
+                detail,
+                extra={
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                    "component": self.name,
+                },
+            )
+        if outputs.changed:
+            changelog = result.changelog.setdefault(engine.partition, {})
+            for lamp_id in outputs.changed:
+                changelog[lamp_id.encode()] = engine.encode_state(lamp_id)
+
+    def _side_output(
+        self,
+        topic: str,
+        record: KafkaRecord,
+        header: str,
+        reason: str,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> Produce:
+        headers = [(k, v) for k, v in record.headers if k not in (header, "reject.detail")]
+        headers += [
+            (header, reason.encode()),
+            ("reject.stage", self.name.encode()),
+            ("source.topic", record.topic.encode()),
+            ("source.partition", str(record.partition).encode()),
+            ("source.offset", str(record.offset).encode()),
+        ]
+        headers += [(k, v.encode()) for k, v in extra or ()]
+        return Produce(topic, record.key, record.value or b"", headers)
+
+    def take_result(self) -> BatchResult:
+        result, self._result = self._result, BatchResult()
+        return result

@@ -1,0 +1,357 @@
+"""The detection engine: every rule, per lamp, over one partition's records. Pure.
+
+For each record: decode (or dead-letter with the reason), advance the lamp's clock, drop
+duplicates, fire the lamp's deadlines that fall before the record's event time, then hand the
+event to the rules that handle its type. :meth:`PartitionEngine.advance` fires the deadlines
+that the passing of wall time reached, so a silent lamp's fall is still raised on time.
+
+Everything a lamp's rules know is one :class:`LampState`, written to the changelog once per
+batch when it changed. Alerts, late and dead-lettered records collect in :class:`Outputs`
+until the batch is committed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from agents.events import DecodeError, LampEvent, decode_event
+from agents.rules.base import Alert, Incident, Rule, RuleState, alert_id_for
+from pipeline.eventtime import Deduplicator, LampClock
+from pipeline.records import KafkaRecord
+from pipeline.settings import DetectionSettings
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+MAX_TIMER_FIRINGS = 1000
+
+
+@dataclass
+class LampState:
+    lamp_id: str
+    site_id: str
+    partition: int
+    clock: LampClock
+    dedup: Deduplicator
+    timers: dict[str, int] = field(default_factory=dict)  # "rule:name" -> event-time ms
+    rules: dict[str, RuleState] = field(default_factory=dict)
+
+    def next_deadline(self) -> int | None:
+        return min(self.timers.values()) if self.timers else None
+
+
+@dataclass
+class Outputs:
+    alerts: list[Alert] = field(default_factory=list)
+    late: list[tuple[KafkaRecord, str]] = field(default_factory=list)
+    dead: list[tuple[KafkaRecord, str, str]] = field(default_factory=list)
+    changed: set[str] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.alerts or self.late or self.dead or self.changed)
+
+
+class _Context:
+    """The :class:`RuleContext` of one lamp; ``rule`` and ``now`` are set before each call."""
+
+    __slots__ = ("config", "engine", "lamp", "lamp_id", "now", "record", "rule", "site_id")
+
+    def __init__(self, engine: PartitionEngine, lamp: LampState) -> None:
+        self.engine = engine
+        self.lamp = lamp
+        self.lamp_id = lamp.lamp_id
+        self.site_id = lamp.site_id
+        self.config = engine.config
+        self.rule = ""
+        self.now = 0
+        self.record: KafkaRecord | None = None
+
+    def raise_alert(
+        self, rule: str, kind: str, severity: str, started_at: int, details: dict[str, str]
+    ) -> Incident:
+        incident = Incident(
+            alert_id_for(self.lamp_id, rule, started_at), kind, severity, started_at
+        )
+        self._emit(incident, "raised", details)
+        return incident
+
+    def resolve(self, incident: Incident, details: dict[str, str]) -> None:
+        self._emit(incident, "resolved", details)
+
+    def _emit(self, incident: Incident, state: str, details: dict[str, str]) -> None:
+        engine = self.engine
+        alert = Alert(
+            incident.alert_id,
+            incident.kind,
+            incident.severity,
+            state,
+            self.site_id,
+            self.lamp_id,
+            incident.started_at,
+            engine.wall_clock(),
+            {**details, "lamp_time": str(self.now)},
+        )
+        engine.outputs.alerts.append(alert)
+        engine.counts[f"alert.{incident.kind}.{state}"] += 1
+
+    def set_timer(self, name: str, at: int) -> None:
+        self.lamp.timers[f"{self.rule}:{name}"] = at
+
+    def cancel_timer(self, name: str) -> None:
+        self.lamp.timers.pop(f"{self.rule}:{name}", None)
+
+    def late(self, reason: str) -> None:
+        if self.record is not None:
+            self.engine.outputs.late.append((self.record, f"{self.rule}:{reason}"))
+            self.engine.counts["late"] += 1
+
+
+class PartitionEngine:
+    """The rules over the lamps of one input partition."""
+
+    def __init__(
+        self,
+        partition: int,
+        rules: Iterable[Rule],  # type: ignore[type-arg]
+        config: DetectionSettings,
+        load: Callable[[str], bytes | None],
+        wall_clock: Callable[[], int],
+    ) -> None:
+        self.partition = partition
+        self.rules = {rule.name: rule for rule in rules}
+        self.by_type: dict[str, list[Rule]] = {}  # type: ignore[type-arg]
+        for rule in self.rules.values():
+            for kind in rule.handles:
+                self.by_type.setdefault(kind, []).append(rule)
+        self.config = config
+        self.load = load
+        self.wall_clock = wall_clock
+        self.lamps: dict[str, LampState] = {}
+        self.contexts: dict[str, _Context] = {}
+        self.heap: list[tuple[int, str]] = []
+        self.scheduled: dict[str, int] = {}
+        self.outputs = Outputs()
+        self.counts: Counter[str] = Counter()
+        self._future_ms = config.ms(config.max_future_skew_s)
+        self._horizon_ms = config.ms(config.dedup_horizon_s)
+        self._bucket_ms = config.ms(config.clock_bucket_s)
+
+    # -- state ------------------------------------------------------------------------------
+
+    def lamp(self, lamp_id: str, site_id: str) -> LampState:
+        state = self.lamps.get(lamp_id)
+        if state is None:
+            stored = self.load(lamp_id)
+            state = self.decode_state(stored) if stored is not None else None
+            if state is None:
+                state = LampState(
+                    lamp_id,
+                    site_id,
+                    self.partition,
+                    LampClock(self._bucket_ms),
+                    Deduplicator(self._horizon_ms, self.config.dedup_max_entries),
+                )
+            self.lamps[lamp_id] = state
+        for name, rule in self.rules.items():
+            if name not in state.rules:
+                state.rules[name] = rule.new_state()
+        return state
+
+    def encode_state(self, lamp_id: str) -> bytes:
+        s = self.lamps[lamp_id]
+        return orjson.dumps(
+            {
+                "v": STATE_VERSION,
+                "lamp_id": s.lamp_id,
+                "site_id": s.site_id,
+                "partition": s.partition,
+                "clock": s.clock.dump(),
+                "dedup": s.dedup.dump(),
+                "timers": s.timers,
+                "rules": {name: rule.dump() for name, rule in s.rules.items()},
+            }
+        )
+
+    def decode_state(self, data: bytes) -> LampState | None:
+        try:
+            raw: dict[str, Any] = orjson.loads(data)
+            rules = {
+                name: self.rules[name].state_type.load(value)
+                for name, value in raw["rules"].items()
+                if name in self.rules
+            }
+            return LampState(
+                raw["lamp_id"],
+                raw["site_id"],
+                raw["partition"],
+                LampClock.load(raw["clock"], self._bucket_ms),
+                Deduplicator.load(raw["dedup"], self._horizon_ms, self.config.dedup_max_entries),
+                {k: v for k, v in raw["timers"].items() if k.split(":", 1)[0] in self.rules},
+                rules,
+            )
+        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
+            # A state we cannot read must not stop the partition: start the lamp afresh.
+            log.error("unreadable lamp state, starting afresh: %s", exc)
+            self.counts["state_unreadable"] += 1
+            return None
+
+    def restore(self, stored: Iterable[bytes]) -> int:
+        """After recovery: load the lamps that have deadlines, so silent ones still fire."""
+        restored = 0
+        for data in stored:
+            state = self.decode_state(data)
+            if state is None or state.partition != self.partition or not state.timers:
+                continue
+            self.lamps[state.lamp_id] = state
+            self._schedule(state)
+            restored += 1
+        return restored
+
+    def take_outputs(self) -> Outputs:
+        outputs, self.outputs = self.outputs, Outputs()
+        return outputs
+
+    # -- records ----------------------------------------------------------------------------
+
+    def process(self, record: KafkaRecord) -> None:
+        self.counts["records"] += 1
+        topic_header = record.header("mqtt.topic")
+        try:
+            event = decode_event(
+                record.key,
+                record.value,
+                topic_header.decode(errors="replace") if topic_header else None,
+                record.timestamp_ms,
+                self._future_ms,
+            )
+        except DecodeError as exc:
+            self.outputs.dead.append((record, exc.reason.value, exc.detail))
+            self.counts[f"dead.{exc.reason.value}"] += 1
+            return
+        self.apply(event, record)
+
+    def apply(self, event: LampEvent, record: KafkaRecord | None = None) -> None:
+        lamp = self.lamp(event.lamp_id, event.site_id)
+        clock = lamp.clock
+        if event.is_last_will:
+            # No time of its own: it happened now, on the lamp's clock.
+            event_ts = clock.now(event.ingest_ms)
+        else:
+            offset_before = clock.offset
+            if clock.observe(event.seq, event.ts, event.ingest_ms):
+                self.counts["reboots"] += 1
+                if offset_before is not None and clock.offset is not None:
+                    self._rebase(lamp, clock.offset - offset_before)
+            event_ts = event.ts
+            if lamp.dedup.is_duplicate(event.seq, event.ts, clock.now(event.ingest_ms)):
+                self.counts["duplicates"] += 1
+                return
+        if event.site_id != lamp.site_id:
+            lamp.site_id = event.site_id
+            self.contexts.pop(lamp.lamp_id, None)
+        ctx = self.contexts.get(lamp.lamp_id)
+        if ctx is None:
+            ctx = self.contexts[lamp.lamp_id] = _Context(self, lamp)
+        ctx.record = record
+        if lamp.timers:
+            self._fire(lamp, ctx, event_ts, now=None)
+        ctx.now = max(event_ts, clock.now(event.ingest_ms))
+        for rule in self.by_type.get(event.type, ()):
+            ctx.rule = rule.name
+            rule.on_event(lamp.rules[rule.name], event, ctx)
+        ctx.record = None
+        self.outputs.changed.add(lamp.lamp_id)
+        self._schedule(lamp)
+
+    def _rebase(self, lamp: LampState, shift_ms: int) -> None:
+        """The lamp's clock was reset at reboot: move its deadlines and the rules' times with
+        it, so that deadlines keep their wall time and new records compare with old ones."""
+        if not shift_ms:
+            return
+        lamp.timers = {name: at + shift_ms for name, at in lamp.timers.items()}
+        for state in lamp.rules.values():
+            state.rebase(shift_ms)
+
+    def acknowledge(self, lamp_id: str, alert_id: str, by: str, at_wall_ms: int) -> bool:
+        """Staff acknowledged ``alert_id``: the rule that raised it closes the incident."""
+        lamp = self.lamps.get(lamp_id)
+        if lamp is None:
+            stored = self.load(lamp_id)
+            lamp = self.decode_state(stored) if stored else None
+            if lamp is None:
+                return False
+            self.lamps[lamp_id] = lamp
+        ctx = self.contexts.get(lamp_id) or _Context(self, lamp)
+        ctx.now = lamp.clock.now(at_wall_ms)
+        closed = False
+        for name, state in lamp.rules.items():
+            if state.incident is not None and state.incident.alert_id == alert_id:
+                ctx.rule = name
+                self.rules[name].on_ack(state, alert_id, by, ctx)
+                closed = True
+        if closed:
+            self.outputs.changed.add(lamp_id)
+            self._schedule(lamp)
+        return closed
+
+    # -- time -------------------------------------------------------------------------------
+
+    def advance(self, wall_ms: int) -> None:
+        """Fire every deadline that the lamps' clocks reached by ``wall_ms``."""
+        heap, scheduled = self.heap, self.scheduled
+        while heap and heap[0][0] <= wall_ms:
+            due, lamp_id = heapq.heappop(heap)
+            if scheduled.get(lamp_id) != due:
+                continue  # superseded
+            del scheduled[lamp_id]
+            lamp = self.lamps[lamp_id]
+            ctx = self.contexts.get(lamp_id)
+            if ctx is None:
+                ctx = self.contexts[lamp_id] = _Context(self, lamp)
+            now = lamp.clock.now(wall_ms)
+            self._fire(lamp, ctx, now, now=now)
+            self.outputs.changed.add(lamp_id)
+            self._schedule(lamp)
+
+    def _fire(self, lamp: LampState, ctx: _Context, until: int, now: int | None) -> None:
+        """Fire the lamp's timers due by ``until`` in deadline order; each one sees ``now``,
+        or its own deadline when ``now`` is None (firing in event order before a record)."""
+        timers = lamp.timers
+        for _ in range(MAX_TIMER_FIRINGS):
+            if not timers:
+                return
+            name = min(timers, key=timers.__getitem__)
+            deadline = timers[name]
+            if deadline > until:
+                return
+            del timers[name]
+            rule_name, timer = name.split(":", 1)
+            ctx.rule = rule_name
+            ctx.now = deadline if now is None else now
+            self.rules[rule_name].on_timer(lamp.rules[rule_name], timer, ctx)
+            self.counts["timers_fired"] += 1
+        log.error("lamp %s: a rule keeps re-arming a due timer", lamp.lamp_id)
+
+    def _schedule(self, lamp: LampState) -> None:
+        deadline = lamp.next_deadline()
+        lamp_id = lamp.lamp_id
+        if deadline is None:
+            self.scheduled.pop(lamp_id, None)
+            return
+        due = lamp.clock.wall_at(deadline)
+        if self.scheduled.get(lamp_id) != due:
+            self.scheduled[lamp_id] = due
+            heapq.heappush(self.heap, (due, lamp_id))
+
+    def next_due(self) -> int | None:
+        """The earliest wall time at which :meth:`advance` has something to fire."""
+        while self.heap and self.scheduled.get(self.heap[0][1]) != self.heap[0][0]:
+            heapq.heappop(self.heap)
+        return self.heap[0][0] if self.heap else None

@@ -1,0 +1,82 @@
+"""Rule 7: room temperature averaging below 17 °C or above 28 °C over 10 minutes.
+
+Hopping windows of event time (10 min, every minute by default) each emit their mean once,
+when the lamp's watermark passes their end plus the grace; a mean out of range raises the
+``environment`` alert, the next one back in range resolves it. Readings later than the grace
+go to the late output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agents.events import LampEvent
+from agents.rules.base import Rule, RuleContext, RuleState
+from pipeline.eventtime import WindowSpec
+
+CLOSE = "close"
+
+
+@dataclass
+class EnvironmentState(RuleState):
+    # [start, sum, count] per open window, oldest first.
+    windows: list[list[float]] = field(default_factory=list)
+
+
+@dataclass
+class EnvironmentRule(Rule[EnvironmentState]):
+    name = "environment"
+    handles = frozenset({"temperature"})
+    state_type = EnvironmentState
+
+    @property
+    def spec(self) -> WindowSpec:
+        c = self.config
+        return WindowSpec(
+            c.ms(c.environment_window_s), c.ms(c.environment_step_s), c.ms(c.window_grace_s)
+        )
+
+    def on_event(self, state: EnvironmentState, event: LampEvent, ctx: RuleContext) -> None:
+        spec, now = self.spec, ctx.now
+        celsius = event.number("celsius")
+        counted = False
+        for start in spec.starts(event.ts):
+            if spec.is_closed(start, now):
+                continue
+            counted = True
+            for window in state.windows:
+                if window[0] == start:
+                    window[1] += celsius
+                    window[2] += 1
+                    break
+            else:
+                state.windows.append([start, celsius, 1])
+        if not counted:
+            ctx.late("window_closed")
+            return
+        state.windows.sort(key=lambda w: w[0])
+        ctx.set_timer(CLOSE, spec.closes_at(int(state.windows[0][0])))
+
+    def on_timer(self, state: EnvironmentState, timer: str, ctx: RuleContext) -> None:
+        spec, now, c = self.spec, ctx.now, self.config
+        while state.windows and spec.is_closed(int(state.windows[0][0]), now):
+            start, total, count = state.windows.pop(0)
+            if count < c.environment_min_samples:
+                continue
+            mean = total / count
+            out_of_range = mean < c.environment_low_c or mean > c.environment_high_c
+            if out_of_range and state.incident is None:
+                details = {
+                    "mean_celsius": f"{mean:.1f}",
+                    "window_start": str(int(start)),
+                    "condition": "cold" if mean < c.environment_low_c else "hot",
+                }
+                state.incident = ctx.raise_alert(
+                    self.name, "environment", "warning", int(start), details
+                )
+            elif not out_of_range and state.incident is not None:
+                ctx.resolve(state.incident, {"mean_celsius": f"{mean:.1f}"})
+                state.incident = None
+                state.closed_at = int(start)
+        if state.windows:
+            ctx.set_timer(CLOSE, spec.closes_at(int(state.windows[0][0])))

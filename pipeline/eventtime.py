@@ -1,0 +1,165 @@
+"""Event-time primitives: per-lamp clocks, deduplication and windows. Pure: no Kafka, no faust.
+
+Each lamp keeps its own event time because lamp clocks disagree by minutes (±120 s by
+contract): a partition-wide watermark would fire one lamp's deadlines on another's clock.
+
+* :class:`LampClock` maps wall time to the lamp's clock. It keeps the largest ``ts - ingest``
+  offset seen recently (the message that travelled fastest shows the clock best), so a lamp's
+  event time keeps advancing while it is silent: its deadlines fire on time (rule 6). The
+  largest offset is taken over two rolling buckets so that a clock corrected at reboot is
+  followed within minutes even when the reboot itself went unnoticed.
+* :class:`Deduplicator` drops a message whose (``seq``, ``ts``) pair was seen: a true duplicate
+  repeats both, while a lamp that rebooted repeats a ``seq`` with a new ``ts``, so no reboot
+  heuristic can hide a real message.
+* :class:`WindowSpec` assigns event times to tumbling (``step == size``) or hopping windows,
+  which their owner closes once the lamp's watermark (event time minus grace) passes their end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SEQ_MODULUS = 2**32
+# A seq this small after a much larger one is a reboot (seq restarts at 0), not a reorder.
+REBOOT_SEQ_MAX = 16
+REBOOT_MIN_BACKWARD = 64
+
+
+def seq_backward_distance(seq: int, latest: int) -> int:
+    """How far ``seq`` is behind ``latest`` modulo 2^32 (a forward wrap is not backward)."""
+    distance = (latest - seq) % SEQ_MODULUS
+    return distance if distance < SEQ_MODULUS // 2 else 0
+
+
+@dataclass
+class LampClock:
+    """The lamp's clock as seen through the pipeline's ingest timestamps."""
+
+    bucket_ms: int = 120_000
+    offset_current: int | None = None
+    offset_previous: int | None = None
+    bucket_started_ms: int = 0
+    latest_seq: int | None = None
+    reboots: int = 0
+
+    @property
+    def offset(self) -> int | None:
+        if self.offset_current is None:
+            return self.offset_previous
+        if self.offset_previous is None:
+            return self.offset_current
+        return max(self.offset_current, self.offset_previous)
+
+    def observe(self, seq: int, ts: int, ingest_ms: int) -> bool:
+        """Record one message; return True when it shows the lamp rebooted."""
+        rebooted = False
+        if self.latest_seq is not None:
+            behind = seq_backward_distance(seq, self.latest_seq)
+            if seq <= REBOOT_SEQ_MAX and behind >= REBOOT_MIN_BACKWARD:
+                rebooted = True
+        offset = ts - ingest_ms
+        if rebooted:
+            # The clock was resynchronised: forget what the old one said.
+            self.reboots += 1
+            self.offset_current, self.offset_previous = offset, None
+            self.bucket_started_ms = ingest_ms
+            self.latest_seq = seq
+            return True
+        if self.latest_seq is None or seq_backward_distance(seq, self.latest_seq) == 0:
+            self.latest_seq = seq
+        if ingest_ms - self.bucket_started_ms >= self.bucket_ms:
+            self.offset_previous, self.offset_current = self.offset_current, offset
+            self.bucket_started_ms = ingest_ms
+        elif self.offset_current is None or offset > self.offset_current:
+            self.offset_current = offset
+        return False
+
+    def now(self, wall_ms: int) -> int:
+        """The lamp's event time at ``wall_ms`` (wall time itself before any message)."""
+        offset = self.offset
+        return wall_ms if offset is None else wall_ms + offset
+
+    def wall_at(self, event_ms: int) -> int:
+        """The wall time at which the lamp's clock reads ``event_ms``."""
+        offset = self.offset
+        return event_ms if offset is None else event_ms - offset
+
+    def dump(self) -> list[Any]:
+        return [
+            self.offset_current,
+            self.offset_previous,
+            self.bucket_started_ms,
+            self.latest_seq,
+            self.reboots,
+        ]
+
+    @classmethod
+    def load(cls, data: list[Any], bucket_ms: int) -> LampClock:
+        current, previous, started, latest, reboots = data
+        return cls(bucket_ms, current, previous, started, latest, reboots)
+
+
+@dataclass
+class Deduplicator:
+    """The (seq, ts) pairs seen within ``horizon_ms`` of event time, at most ``max_entries``."""
+
+    horizon_ms: int
+    max_entries: int
+    # Insertion-ordered: the oldest arrivals are evicted first.
+    seen: dict[tuple[int, int], None] = field(default_factory=dict)
+
+    def is_duplicate(self, seq: int, ts: int, now_ms: int) -> bool:
+        key = (seq, ts)
+        if key in self.seen:
+            return True
+        self.seen[key] = None
+        self._evict(now_ms)
+        return False
+
+    def _evict(self, now_ms: int) -> None:
+        seen = self.seen
+        oldest_allowed = now_ms - self.horizon_ms
+        while seen:
+            first = next(iter(seen))
+            if len(seen) > self.max_entries or first[1] < oldest_allowed:
+                del seen[first]
+            else:
+                break
+
+    def dump(self) -> list[int]:
+        # Flat [seq, ts, seq, ts, ...]: compact in the changelog.
+        return [value for pair in self.seen for value in pair]
+
+    @classmethod
+    def load(cls, data: list[int], horizon_ms: int, max_entries: int) -> Deduplicator:
+        pairs = zip(data[0::2], data[1::2], strict=True)
+        return cls(horizon_ms, max_entries, dict.fromkeys(pairs))
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """Tumbling (``step_ms == size_ms``) or hopping windows of event time, closed after grace."""
+
+    size_ms: int
+    step_ms: int
+    grace_ms: int
+
+    def __post_init__(self) -> None:
+        if self.size_ms <= 0 or self.step_ms <= 0 or self.grace_ms < 0:
+            raise ValueError(f"invalid window {self}")
+        if self.size_ms % self.step_ms:
+            raise ValueError(f"window size {self.size_ms} is not a multiple of its step")
+
+    def starts(self, ts: int) -> range:
+        """The start of every window holding ``ts``, oldest first."""
+        last = ts - ts % self.step_ms
+        first = last - self.size_ms + self.step_ms
+        return range(first, last + 1, self.step_ms)
+
+    def closes_at(self, start: int) -> int:
+        """The event time (watermark + grace) at which the window starting at ``start`` closes."""
+        return start + self.size_ms + self.grace_ms
+
+    def is_closed(self, start: int, now_ms: int) -> bool:
+        return now_ms >= self.closes_at(start)
