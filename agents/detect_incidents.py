@@ -20,7 +20,7 @@ from pipeline.records import KafkaRecord
 from pipeline.settings import Settings
 from pipeline.streaming import BatchResult, Produce
 from pipeline.topics import ALERT_ACKS, ALERTS, LAMP_DLQ, LAMP_LATE, LAMP_MESSAGES, topic_name
-from schemas import SchemaError, decode, encode, schema
+from schemas import SchemaError, decode, encode, millis, schema
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class DetectIncidents:
         try:
             _, ack = decode(record.value or b"")
             lamp_id, alert_id = str(ack["lamp_id"]), str(ack["alert_id"])
-            by, at = str(ack["acknowledged_by"]), int(ack["acknowledged_at"])
+            by, at = str(ack["acknowledged_by"]), millis(ack["acknowledged_at"])
         except (SchemaError, KeyError, TypeError, ValueError) as exc:
             engine.outputs.dead.append((record, "bad_ack", str(exc)[:200]))
             return

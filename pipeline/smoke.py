@@ -11,7 +11,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,20 +196,24 @@ def mqtt_round_trip(settings: Settings) -> str:
     return f"lamp {lamp.lamp_id} → $share subscription of {mqtt.username} (MQTT 5, QoS 1)"
 
 
-async def connector_round_trip(settings: Settings, lamps: int = 3, per_lamp: int = 10) -> str:
-    """Provisioned lamps publish valid and junk messages; the connector writes both to Kafka."""
+@contextlib.asynccontextmanager
+async def connector_with_lamps(
+    settings: Settings, lamps: int, tag: str
+) -> AsyncIterator[tuple[Any, Any, list[Credential]]]:
+    """A connector (own share group, session discarded after) and a connected lamp fleet with
+    freshly provisioned credentials (revoked after)."""
     from connectors.fleet import Fleet
     from connectors.mqtt_asyncio import discard_session
     from connectors.mqtt_source import MqttSource
 
     run = uuid.uuid4().hex[:8]
     mqtt = settings.mqtt.model_copy(
-        update={"share_group": f"smoke{run}", "client_id": f"smoke-{run}", "session_expiry_s": 60}
+        update={"share_group": f"{tag}{run}", "client_id": f"{tag}-{run}", "session_expiry_s": 60}
     )
     connector = settings.connector.model_copy(update={"metrics_port": 0})
     isolated = settings.model_copy(update={"mqtt": mqtt, "connector": connector})
     broker = Mosquitto(StackContext(settings))
-    site = f"smoke-{run}"
+    site = f"{tag}-{run}"
     creds = broker.credentials().provision([(site, f"{site}-{i}") for i in range(lamps)])
     broker.reload()
     source, stop = MqttSource(isolated), asyncio.Event()
@@ -225,6 +229,25 @@ async def connector_round_trip(settings: Settings, lamps: int = 3, per_lamp: int
                 await fleet.close()
                 fleet = Fleet(settings.mqtt.brokers[0], creds)
                 await asyncio.sleep(0.2 * attempt)
+        yield source, fleet, creds
+    finally:
+        await fleet.close()
+        stop.set()
+        await running
+        broker.credentials().revoke([c.lamp_id for c in creds])
+        broker.reload()
+        await discard_session(
+            host=settings.mqtt.brokers[0].host,
+            port=settings.mqtt.brokers[0].port,
+            client_id=source.connections[0].client_id,
+            username=mqtt.username,
+            password=mqtt.password.get_secret_value(),
+        )
+
+
+async def connector_round_trip(settings: Settings, lamps: int = 3, per_lamp: int = 10) -> str:
+    """Provisioned lamps publish valid and junk messages; the connector writes both to Kafka."""
+    async with connector_with_lamps(settings, lamps, "smoke") as (source, fleet, creds):
         for cred in creds:
             for seq in range(per_lamp):
                 fleet.publish(cred.lamp_id, "events", lamp_message(cred.lamp_id, seq))
@@ -239,22 +262,129 @@ async def connector_round_trip(settings: Settings, lamps: int = 3, per_lamp: int
                     f"{source.count('rejected')}/{junk} rejects"
                 )
             await asyncio.sleep(0.1)
-    finally:
-        await fleet.close()
-        stop.set()
-        await running
-        broker.credentials().revoke([c.lamp_id for c in creds])
-        broker.reload()
-        await discard_session(
-            host=settings.mqtt.brokers[0].host,
-            port=settings.mqtt.brokers[0].port,
-            client_id=source.connections[0].client_id,
-            username=mqtt.username,
-            password=mqtt.password.get_secret_value(),
-        )
     return (
         f"{valid} lamp messages → lamp.messages.v1 and {junk} junk → lamp.dlq.v1, "
         "each acked to MQTT after Kafka's ack"
+    )
+
+
+# -- Detection: lamp → MQTT → connector → Kafka → worker → alerts.v1 ---------------------------
+
+
+def _start_worker(prefix: str, env: dict[str, str]) -> tuple[Any, Any]:
+    """``veilleuse worker`` on the topics of ``prefix``, its output in a temporary file."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - the caller closes it
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "worker", "--instance-id", f"{prefix}worker"],
+        env={
+            **os.environ,
+            "VEILLEUSE_KAFKA__TOPIC_PREFIX": prefix,
+            "VEILLEUSE_DETECTION__APP_ID": f"{prefix}detection",
+            "VEILLEUSE_DETECTION__METRICS_PORT": "0",
+            **env,
+        },
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    return worker, log
+
+
+def _stop_worker(worker: Any) -> None:
+    import subprocess
+
+    worker.terminate()
+    try:
+        worker.wait(30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+
+
+async def detection_round_trip(settings: Settings, confirm_s: float = 30.0) -> str:
+    """A lamp falls and goes silent, another's pendant is pressed: both alerts reach alerts.v1.
+
+    Runs on topics of its own (a unique prefix) with a worker process of its own, so that it
+    neither reads nor disturbs the real ones.
+    """
+    from aiokafka import TopicPartition
+
+    from pipeline.topics import ALERTS, ensure_topics, topic_name
+    from schemas import decode
+
+    prefix = f"smoke{uuid.uuid4().hex[:8]}."
+    kafka = settings.kafka.model_copy(update={"topic_prefix": prefix})
+    isolated = settings.model_copy(update={"kafka": kafka})
+    await ensure_topics(isolated)
+    worker, log = _start_worker(
+        prefix,
+        {
+            "VEILLEUSE_DETECTION__FALL_CONFIRM_S": str(confirm_s),
+            "VEILLEUSE_LOG_LEVEL": "WARNING",
+        },
+    )
+    alerts_topic = topic_name(isolated, ALERTS)
+    tail = consumer(isolated, group_id=None, isolation_level="read_committed")
+    await tail.start()
+    try:
+        tps = [TopicPartition(alerts_topic, p) for p in range(kafka.topic_partitions)]
+        tail.assign(tps)
+        await tail.seek_to_beginning(*tps)
+        async with connector_with_lamps(isolated, 2, "smoke") as (_, fleet, creds):
+            fallen, caller = creds[0].lamp_id, creds[1].lamp_id
+
+            def say(lamp: str, seq: int, **fields: Any) -> None:
+                fleet.publish(lamp, "events", lamp_message(lamp, seq, **fields))
+
+            # The worker may still be joining its group: records wait in Kafka meanwhile.
+            say(
+                fallen,
+                0,
+                type="posture",
+                posture="standing",
+                zone="room",
+                confidence=0.9,
+                persons=1,
+            )
+            say(fallen, 1, type="fall_suspected", confidence=0.85, zone="floor")
+            deadline_ms = int(time.time() * 1000) + int(confirm_s * 1000)
+            say(
+                fallen,
+                2,
+                type="posture",
+                posture="on_floor",
+                zone="floor",
+                confidence=0.8,
+                persons=1,
+            )
+            pressed_ms = int(time.time() * 1000)
+            say(caller, 0, type="button", accessory_id="pendant", action="press")
+            await fleet.wait_acked(30)
+            seen: dict[str, int] = {}
+            give_up = time.monotonic() + confirm_s + 60
+            while len(seen) < 2 and time.monotonic() < give_up:
+                if worker.poll() is not None:
+                    log.seek(0)
+                    raise AssertionError(f"worker exited: {log.read()[-2000:]!r}")
+                for records in (await tail.getmany(timeout_ms=200)).values():
+                    for record in records:
+                        _, alert = decode(record.value)
+                        seen.setdefault(alert["kind"], int(time.time() * 1000))
+        if set(seen) != {"fall", "help_requested"}:
+            raise AssertionError(f"alerts seen: {sorted(seen)}; expected fall and help_requested")
+    finally:
+        await tail.stop()
+        _stop_worker(worker)
+        log.close()
+    fall_late = (seen["fall"] - deadline_ms) / 1000
+    return (
+        f"silent lamp's fall on alerts.v1 {fall_late:+.1f} s after its {confirm_s:.0f} s "
+        f"deadline; help request after {(seen['help_requested'] - pressed_ms) / 1000:.1f} s "
+        "(worker start included)"
     )
 
 
@@ -265,6 +395,7 @@ CHECKS: dict[str, Callable[[Settings], str]] = {
     "redis": redis_round_trip,
     "mosquitto": mqtt_round_trip,
     "connector": lambda s: asyncio.run(connector_round_trip(s)),
+    "detection": lambda s: asyncio.run(detection_round_trip(s)),
 }
 
 

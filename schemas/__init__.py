@@ -12,6 +12,7 @@ import io
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,13 @@ def encode(writer: Schema, record: Mapping[str, Any]) -> bytes:
     except (ValueError, TypeError, KeyError) as exc:
         raise SchemaError(f"record does not fit {writer.name}: {exc}") from exc
     return MARKER + writer.fingerprint + body.getvalue()
+
+
+def millis(value: Any) -> int:
+    """A ``timestamp-millis`` field as decoded (fastavro gives an aware datetime) in ms."""
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    return int(value)
 
 
 def decode(data: bytes, folder: Path = SCHEMA_DIR) -> tuple[Schema, dict[str, Any]]:

@@ -62,7 +62,7 @@ class FallRule(Rule[FallState]):
         if state.phase in ("suspected", "alerted") or self._staff_present(state):
             return
         confirm_ms = self.config.ms(self.config.fall_confirm_s)
-        if event.ts <= state.last_upright_at < event.ts + confirm_ms:
+        if event.ts < state.last_upright_at < event.ts + confirm_ms:
             # Reordered: the resident was already seen up again within the 30 s.
             self._recovered(state, event.ts, confidence, event.str_field("zone"), ctx)
             state.closed_at = state.last_upright_at

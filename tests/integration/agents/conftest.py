@@ -236,3 +236,26 @@ class AlertTail:
 def alert_steps(alerts: list[tuple[dict[str, Any], int]]) -> Iterator[tuple[str, str, str]]:
     for alert, _ in alerts:
         yield alert["lamp_id"], alert["kind"], alert["state"]
+
+
+async def read_records(
+    settings: Settings, topic: str, count: int, timeout_s: float = 30
+) -> list[Any]:
+    """At least ``count`` committed records of ``topic`` (fewer if the time runs out)."""
+    from aiokafka import TopicPartition
+
+    consumer = clients.consumer(settings, group_id=None, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(settings.kafka.topic_partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while len(records) < count and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for part in batch.values():
+                records.extend(part)
+        return records
+    finally:
+        await consumer.stop()

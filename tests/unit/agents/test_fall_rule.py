@@ -702,3 +702,12 @@ def test_alert_ids_are_deterministic() -> None:
     assert first == second
     assert len({a.alert_id for a in first}) == 3
     assert all(a.emitted_at >= T0_MS for a in first)
+
+
+def test_standing_in_the_same_millisecond_as_the_suspicion_is_not_a_recovery() -> None:
+    """Found by the end-to-end demo: a lamp may stamp its last standing posture and the
+    suspicion with the same ms; that posture came first (lower seq), so the fall stands."""
+    t = Trace()
+    t.feed(t.posture(10, "standing"), t.fall(10))
+    t.run_until(41)
+    assert t.steps(*FALL_KINDS) == [RAISED]

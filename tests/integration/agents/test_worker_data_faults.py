@@ -1,0 +1,128 @@
+"""A worker meets junk, late records and acknowledgements on the real Kafka, and keeps going."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+
+from pipeline.topics import ALERT_ACKS, LAMP_DLQ, LAMP_LATE, LAMP_MESSAGES, topic_name
+from schemas import encode, schema
+from tests.integration.agents.conftest import (
+    AlertTail,
+    DetectionRun,
+    LampSender,
+    read_records,
+)
+
+SITE = "it-home-2"
+
+
+async def test_junk_to_the_dlq_late_to_the_side_output_acks_close(
+    detection_run: DetectionRun,
+) -> None:
+    run = detection_run
+    worker = run.worker("w1")
+    await asyncio.to_thread(run.wait_for_assignment, [worker])
+    now_ms = int(time.time() * 1000)
+    good_header = [("mqtt.topic", f"lamps/{SITE}/L-junk/events".encode())]
+    junk = {
+        "not_json": (b"L-junk", b"{not json", good_header),
+        "not_an_object": (b"L-junk", b"[1, 2]", good_header),
+        "lamp_mismatch": (
+            b"L-other",
+            orjson.dumps(
+                {
+                    "v": 1,
+                    "lamp_id": "L-junk",
+                    "seq": 1,
+                    "ts": now_ms,
+                    "type": "motion",
+                    "zone": "room",
+                    "level": 3,
+                }
+            ),
+            good_header,
+        ),
+        "unknown_type": (
+            b"L-junk",
+            orjson.dumps({"v": 1, "lamp_id": "L-junk", "seq": 2, "ts": now_ms, "type": "sneeze"}),
+            good_header,
+        ),
+        "no_site": (
+            b"L-junk",
+            orjson.dumps(
+                {
+                    "v": 1,
+                    "lamp_id": "L-junk",
+                    "seq": 3,
+                    "ts": now_ms,
+                    "type": "motion",
+                    "zone": "room",
+                    "level": 3,
+                }
+            ),
+            [],
+        ),
+        "ts_in_future": (
+            b"L-junk",
+            orjson.dumps(
+                {
+                    "v": 1,
+                    "lamp_id": "L-junk",
+                    "seq": 4,
+                    "ts": now_ms + 3_600_000,
+                    "type": "motion",
+                    "zone": "room",
+                    "level": 3,
+                }
+            ),
+            good_header,
+        ),
+    }
+    async with AlertTail(run.settings) as tail, LampSender(run.settings) as lamps:
+        for key, value, headers in junk.values():
+            await lamps.producer.send_and_wait(lamps.topic, value, key=key, headers=headers)
+        # After the junk, the worker still raises alerts.
+        await lamps.send(SITE, "L-help", "button", accessory_id="cord", action="press")
+        (raised,) = await tail.wait_for(1, lambda a: a["kind"] == "help_requested", 30)
+        # A late reading: the lamp's clock is known, the reading's windows closed long ago.
+        await lamps.send(SITE, "L-late", "heartbeat", fw="1.0", uptime_s=10, rssi=-50)
+        await lamps.send(SITE, "L-late", "temperature", celsius=21.0, skew_s=-900)
+        # Staff acknowledge the help request: the incident closes.
+        ack = encode(
+            schema("alert_ack.v1"),
+            {
+                "alert_id": raised["alert_id"],
+                "lamp_id": "L-help",
+                "acknowledged_by": "nurse-7",
+                "acknowledged_at": int(time.time() * 1000),
+            },
+        )
+        await lamps.producer.send_and_wait(topic_name(run.settings, ALERT_ACKS), ack, key=b"L-help")
+        resolved = await tail.wait_for(
+            1, lambda a: a["kind"] == "help_requested" and a["state"] == "resolved", 30
+        )
+        assert resolved and resolved[0]["details"]["reason"] == "acknowledged"
+        assert resolved[0]["details"]["acknowledged_by"] == "nurse-7"
+        # A new press after the acknowledgement is a new incident.
+        await asyncio.sleep(0.01)
+        await lamps.send(SITE, "L-help", "button", accessory_id="cord", action="press")
+        again = await tail.wait_for(
+            2, lambda a: a["kind"] == "help_requested" and a["state"] == "raised", 30
+        )
+        assert len({a["alert_id"] for a in again}) == 2
+
+    dead = await read_records(run.settings, topic_name(run.settings, LAMP_DLQ), len(junk))
+    reasons = sorted(dict(r.headers)["reject.reason"].decode() for r in dead)
+    assert reasons == sorted(junk)
+    for record in dead:
+        headers = dict(record.headers)
+        assert headers["reject.stage"] == b"detect_incidents"
+        assert headers["source.topic"] == topic_name(run.settings, LAMP_MESSAGES).encode()
+        assert b"source.offset" in headers or "source.offset" in headers
+    late = await read_records(run.settings, topic_name(run.settings, LAMP_LATE), 1)
+    assert [dict(r.headers)["late.reason"] for r in late] == [b"environment:window_closed"]
+    assert orjson.loads(late[0].value)["type"] == "temperature"
+    assert worker.alive(), worker.log_tail()

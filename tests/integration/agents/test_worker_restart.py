@@ -1,0 +1,37 @@
+"""A worker killed while lamps' deadlines are pending: its successor fires each one, once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+from tests.integration.agents.conftest import AlertTail, DetectionRun, LampSender
+
+SITE = "it-home-3"
+
+
+async def test_pending_deadlines_survive_a_sigkill_and_fire_on_time(
+    detection_run: DetectionRun,
+) -> None:
+    """State, deadlines and offsets come back from the changelog and the committed offsets:
+    the falls of lamps that went silent before the crash are raised once, on time."""
+    run = detection_run
+    first = run.worker("w1")
+    await asyncio.to_thread(run.wait_for_assignment, [first])
+    lamps_down = [f"L-{i}" for i in range(12)]  # spread over every partition
+    async with AlertTail(run.settings) as tail, LampSender(run.settings) as lamps:
+        for lamp in lamps_down:
+            await lamps.send(SITE, lamp, "fall_suspected", confidence=0.9, zone="floor")
+        deadline_ms = int(time.time() * 1000) + 30_000
+        await asyncio.sleep(2)  # processed and committed by the first worker
+        first.kill()
+        second = run.worker("w1")  # the same identity, as a restarted pod
+        await asyncio.to_thread(run.wait_for_assignment, [second])
+        raised = await tail.wait_for(len(lamps_down), lambda a: a["kind"] == "fall", 60)
+        await asyncio.sleep(2)
+        alerts = list(tail.alerts)
+    assert sorted(a["lamp_id"] for a in raised) == sorted(lamps_down), second.log_tail()
+    assert Counter((a["alert_id"], a["state"]) for a, _ in alerts).most_common(1)[0][1] == 1
+    latest = max(arrived for a, arrived in alerts if a["kind"] == "fall")
+    assert latest - deadline_ms <= 2000, f"last fall on the topic {latest - deadline_ms} ms late"
