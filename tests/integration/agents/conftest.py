@@ -38,11 +38,12 @@ class WorkerProcess:
     env: dict[str, str]
     log_file: Path
     proc: subprocess.Popen[bytes] | None = None
+    argv: tuple[str, ...] = ("-m", "pipeline", "worker")
 
     def start(self) -> None:
         with self.log_file.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline", "worker", "--instance-id", self.instance_id],
+                [sys.executable, *self.argv, "--instance-id", self.instance_id],
                 env={**os.environ, **self.env},
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -109,9 +110,11 @@ class DetectionRun:
             "VEILLEUSE_LOG_FORMAT": "json",
         }
 
-    def worker(self, instance_id: str, **env: str) -> WorkerProcess:
+    def worker(
+        self, instance_id: str, argv: tuple[str, ...] = ("-m", "pipeline", "worker"), **env: str
+    ) -> WorkerProcess:
         log_file = self.tmp_path / f"{instance_id}-{len(self.workers)}.log"
-        worker = WorkerProcess(instance_id, {**self.env(), **env}, log_file)
+        worker = WorkerProcess(instance_id, {**self.env(), **env}, log_file, argv=argv)
         self.workers.append(worker)
         worker.start()
         return worker

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from pathlib import Path
 
 from tests.integration.agents.conftest import AlertTail, DetectionRun, LampSender
 
@@ -35,3 +36,18 @@ async def test_pending_deadlines_survive_a_sigkill_and_fire_on_time(
     assert Counter((a["alert_id"], a["state"]) for a, _ in alerts).most_common(1)[0][1] == 1
     latest = max(arrived for a, arrived in alerts if a["kind"] == "fall")
     assert latest - deadline_ms <= 2000, f"last fall on the topic {latest - deadline_ms} ms late"
+
+
+async def test_a_worker_that_cannot_commit_exits_non_zero(detection_run: DetectionRun) -> None:
+    """Rather than run on with state ahead of what Kafka holds: its supervisor restarts it
+    and it resumes from the last commit."""
+    run = detection_run
+    script = str(Path(__file__).with_name("failing_worker.py"))
+    worker = run.worker("w1", argv=(script, "worker"))
+    await asyncio.to_thread(run.wait_for_assignment, [worker])
+    async with LampSender(run.settings) as lamps:
+        await lamps.send(SITE, "L-1", "button", accessory_id="cord", action="press")
+    assert worker.proc is not None
+    code = await asyncio.to_thread(worker.proc.wait, 60)
+    assert code != 0
+    assert "injected: the transaction cannot commit" in worker.log_file.read_text()

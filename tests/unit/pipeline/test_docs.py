@@ -48,3 +48,19 @@ def test_docker_compose_uses_the_settings_ports_and_versions() -> None:
     assert env["POSTGRES_USER"] == defaults.postgres.user
     assert env["POSTGRES_DB"] == defaults.postgres.database
     assert env["POSTGRES_PASSWORD"] == defaults.postgres.password.get_secret_value()
+
+
+def _python_blocks(text: str) -> list[str]:
+    return [
+        block.split("\n", 1)[1] for block in text.split("```")[1::2] if block.startswith("python")
+    ]
+
+
+def test_readme_rule_example_is_the_real_rule_and_its_real_test() -> None:
+    """The README's "Adding a rule" shows rule 3's module whole and one of its tests verbatim."""
+    blocks = _python_blocks((ROOT / "README.md").read_text())
+    assert (ROOT / "agents/rules/help_button.py").read_text() in blocks
+    tests = (ROOT / "tests/unit/agents/test_help_button_rule.py").read_text()
+    assert any(block.startswith("@pytest.mark") and block in tests for block in blocks)
+    registry = (ROOT / "agents/rules/__init__.py").read_text()
+    assert "    HelpButtonRule,\n" in registry

@@ -1,0 +1,16 @@
+"""``veilleuse worker`` whose Kafka transactions all fail: how does the worker end?"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline import cli, streaming
+
+
+async def _refuse(self: Any, result: Any, offsets: Any) -> None:
+    raise RuntimeError("injected: the transaction cannot commit")
+
+
+if __name__ == "__main__":
+    streaming.BatchProcessor._commit = _refuse  # type: ignore[method-assign]
+    cli.main()
