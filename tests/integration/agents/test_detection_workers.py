@@ -13,12 +13,13 @@ FALL_CONFIRM_MS = 30_000
 
 
 async def test_every_alert_once_across_a_sigkill(detection_run: DetectionRun) -> None:
-    """Falls in progress when a worker dies are raised once, by the survivor; silent lamps'
-    falls reach the topic within 2 s of their deadline; non-incidents raise nothing."""
+    """Falls in progress when a worker dies are raised once, by the survivor (which also held
+    standby replicas of its partner's state); silent lamps' falls reach the topic within 2 s of
+    their deadline; non-incidents raise nothing."""
     run = detection_run
-    w1 = run.worker("w1")
+    w1 = run.worker("w1", VEILLEUSE_DETECTION__STANDBY_REPLICAS="1")
     await asyncio.to_thread(run.wait_for_assignment, [w1])
-    w2 = run.worker("w2")
+    w2 = run.worker("w2", VEILLEUSE_DETECTION__STANDBY_REPLICAS="1")
     await asyncio.to_thread(run.wait_for_assignment, [w1, w2])
 
     falls = [f"L-fall-{i}" for i in range(8)]  # down before the kill, get up at the end
