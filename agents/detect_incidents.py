@@ -113,10 +113,7 @@ class DetectIncidents:
         due = engine.next_due()
         if due is None or due > wall_ms:
             return
-        before = len(engine.outputs.alerts)
         engine.advance(wall_ms)
-        if len(engine.outputs.alerts) > before:
-            self._result.deadlines_ms.append(due)
         self._collect(engine)
 
     def _collect(self, engine: PartitionEngine) -> None:
@@ -124,6 +121,7 @@ class DetectIncidents:
         if not outputs:
             return
         result = self._result
+        result.deadlines_ms += outputs.deadlines
         for alert in outputs.alerts:
             result.produce.append(
                 Produce(

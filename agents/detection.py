@@ -29,7 +29,7 @@ from pipeline.settings import DetectionSettings
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 MAX_TIMER_FIRINGS = 1000
 
 
@@ -53,6 +53,8 @@ class Outputs:
     late: list[tuple[KafkaRecord, str]] = field(default_factory=list)
     dead: list[tuple[KafkaRecord, str, str]] = field(default_factory=list)
     changed: set[str] = field(default_factory=set)
+    # wall time (ms) of the deadlines that raised or resolved alerts when wall time reached them
+    deadlines: list[int] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.alerts or self.late or self.dead or self.changed)
@@ -157,42 +159,47 @@ class PartitionEngine:
                     self.partition,
                     LampClock(self._bucket_ms),
                     Deduplicator(self._horizon_ms, self.config.dedup_max_entries),
+                    rules={name: rule.new_state() for name, rule in self.rules.items()},
                 )
             self.lamps[lamp_id] = state
-        for name, rule in self.rules.items():
-            if name not in state.rules:
-                state.rules[name] = rule.new_state()
         return state
 
     def encode_state(self, lamp_id: str) -> bytes:
+        """JSON, a NUL byte (JSON never holds one), then the deduplicator's raw array."""
         s = self.lamps[lamp_id]
-        return orjson.dumps(
+        header = orjson.dumps(
             {
                 "v": STATE_VERSION,
                 "lamp_id": s.lamp_id,
                 "site_id": s.site_id,
                 "partition": s.partition,
                 "clock": s.clock.dump(),
-                "dedup": s.dedup.dump(),
                 "timers": s.timers,
                 "rules": {name: rule.dump() for name, rule in s.rules.items()},
             }
         )
+        return header + b"\x00" + s.dedup.dump()
 
     def decode_state(self, data: bytes) -> LampState | None:
         try:
-            raw: dict[str, Any] = orjson.loads(data)
+            head, _, dedup = data.partition(b"\x00")
+            raw: dict[str, Any] = orjson.loads(head)
+            if raw.get("v") != STATE_VERSION:
+                raise ValueError(f"state version {raw.get('v')!r}, expected {STATE_VERSION}")
             rules = {
                 name: self.rules[name].state_type.load(value)
                 for name, value in raw["rules"].items()
                 if name in self.rules
             }
+            for name, rule in self.rules.items():  # a rule added since the state was written
+                if name not in rules:
+                    rules[name] = rule.new_state()
             return LampState(
                 raw["lamp_id"],
                 raw["site_id"],
                 raw["partition"],
                 LampClock.load(raw["clock"], self._bucket_ms),
-                Deduplicator.load(raw["dedup"], self._horizon_ms, self.config.dedup_max_entries),
+                Deduplicator.load(dedup, self._horizon_ms, self.config.dedup_max_entries),
                 {k: v for k, v in raw["timers"].items() if k.split(":", 1)[0] in self.rules},
                 rules,
             )
@@ -260,7 +267,8 @@ class PartitionEngine:
         if ctx is None:
             ctx = self.contexts[lamp.lamp_id] = _Context(self, lamp)
         ctx.record = record
-        if lamp.timers:
+        timers = lamp.timers
+        if timers and min(timers.values()) <= event_ts:
             self._fire(lamp, ctx, event_ts, now=None)
         ctx.now = max(event_ts, clock.now(event.ingest_ms))
         for rule in self.by_type.get(event.type, ()):
@@ -305,19 +313,29 @@ class PartitionEngine:
 
     def advance(self, wall_ms: int) -> None:
         """Fire every deadline that the lamps' clocks reached by ``wall_ms``."""
-        heap, scheduled = self.heap, self.scheduled
+        heap, scheduled, outputs = self.heap, self.scheduled, self.outputs
         while heap and heap[0][0] <= wall_ms:
             due, lamp_id = heapq.heappop(heap)
             if scheduled.get(lamp_id) != due:
-                continue  # superseded
+                continue  # superseded by an earlier entry
             del scheduled[lamp_id]
             lamp = self.lamps[lamp_id]
+            deadline = lamp.next_deadline()
+            if deadline is None:
+                continue
+            true_due = lamp.clock.wall_at(deadline)
+            if true_due > wall_ms:  # the deadline moved later since this entry was pushed
+                self._schedule(lamp)
+                continue
             ctx = self.contexts.get(lamp_id)
             if ctx is None:
                 ctx = self.contexts[lamp_id] = _Context(self, lamp)
             now = lamp.clock.now(wall_ms)
+            before = len(outputs.alerts)
             self._fire(lamp, ctx, now, now=now)
-            self.outputs.changed.add(lamp_id)
+            if len(outputs.alerts) > before:
+                outputs.deadlines.append(true_due)
+            outputs.changed.add(lamp_id)
             self._schedule(lamp)
 
     def _fire(self, lamp: LampState, ctx: _Context, until: int, now: int | None) -> None:
@@ -340,13 +358,16 @@ class PartitionEngine:
         log.error("lamp %s: a rule keeps re-arming a due timer", lamp.lamp_id)
 
     def _schedule(self, lamp: LampState) -> None:
-        deadline = lamp.next_deadline()
+        # Lazily: an entry is pushed only when the lamp's next deadline moves earlier. Most
+        # records move it later (the offline rule's silence timer), and pushing for those
+        # would grow the heap by one entry per record; :meth:`advance` re-checks on pop.
+        timers = lamp.timers
+        if not timers:
+            return  # a leftover entry is dropped when it pops
+        due = lamp.clock.wall_at(min(timers.values()))
         lamp_id = lamp.lamp_id
-        if deadline is None:
-            self.scheduled.pop(lamp_id, None)
-            return
-        due = lamp.clock.wall_at(deadline)
-        if self.scheduled.get(lamp_id) != due:
+        scheduled = self.scheduled.get(lamp_id)
+        if scheduled is None or due < scheduled:
             self.scheduled[lamp_id] = due
             heapq.heappush(self.heap, (due, lamp_id))
 

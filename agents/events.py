@@ -127,6 +127,38 @@ def site_from_mqtt_topic(topic: str | None) -> str | None:
     return parts[1]
 
 
+def _looks_valid(payload: dict[str, Any]) -> bool:
+    """The common case, checked quickly; anything else takes the checks that say why."""
+    kind = payload.get("type")
+    if not (
+        payload.get("v") == 1
+        and type(payload.get("lamp_id")) is str
+        and type(payload.get("seq")) is int
+        and type(payload.get("ts")) is int
+        and 0 <= payload["seq"] < 2**32
+    ):
+        return False
+    get = payload.get
+    if kind == "posture":
+        confidence: Any = get("confidence")
+        persons: Any = get("persons")
+        return (
+            get("posture") in POSTURES
+            and get("zone") in ZONES
+            and type(persons) is int
+            and persons >= 0
+            and type(confidence) in (int, float)
+            and 0.0 <= confidence <= 1.0
+        )
+    if kind == "motion":
+        return get("zone") in ZONES and type(get("level")) is int
+    if kind in ("heartbeat", "temperature"):
+        return (
+            type(get("fw")) is str if kind == "heartbeat" else type(get("celsius")) in (int, float)
+        )
+    return False  # the rarer types take the full checks
+
+
 def decode_event(
     key: bytes | None,
     value: bytes | None,
@@ -145,6 +177,18 @@ def decode_event(
         raise DecodeError(DecodeReason.NOT_JSON, str(exc)[:120]) from None
     if not isinstance(payload, dict):
         raise DecodeError(DecodeReason.NOT_AN_OBJECT, type(payload).__name__)
+    if _looks_valid(payload):
+        lamp_id, seq, ts, kind = payload["lamp_id"], payload["seq"], payload["ts"], payload["type"]
+        if key is not None and key != lamp_id.encode():
+            raise DecodeError(
+                DecodeReason.LAMP_MISMATCH, f"key {key!r:.60} but lamp_id {lamp_id!r}"
+            )
+    else:
+        lamp_id, seq, ts, kind = _check(key, payload)
+    return _with_site(lamp_id, seq, ts, kind, payload, mqtt_topic, ingest_ms, max_future_ms)
+
+
+def _check(key: bytes | None, payload: dict[str, Any]) -> tuple[str, int, int, str]:
     if _require(payload, "v", (int,), "an integer") != 1:
         raise DecodeError(DecodeReason.UNSUPPORTED_VERSION, f"v={payload['v']}")
     lamp_id = _require(payload, "lamp_id", (str,), "a string")
@@ -158,6 +202,19 @@ def decode_event(
     if kind not in TYPES:
         raise DecodeError(DecodeReason.UNKNOWN_TYPE, f"type={kind!r:.40}")
     _check_type_fields(kind, payload)
+    return lamp_id, seq, ts, kind
+
+
+def _with_site(  # noqa: PLR0917 - the decoded fields, passed on once
+    lamp_id: str,
+    seq: int,
+    ts: int,
+    kind: str,
+    payload: dict[str, Any],
+    mqtt_topic: str | None,
+    ingest_ms: int,
+    max_future_ms: int,
+) -> LampEvent:
     site_id = site_from_mqtt_topic(mqtt_topic)
     if site_id is None:
         raise DecodeError(DecodeReason.NO_SITE, f"no site in mqtt.topic header {mqtt_topic!r:.80}")

@@ -17,7 +17,8 @@ contract): a partition-wide watermark would fire one lamp's deadlines on another
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from array import array
+from dataclasses import dataclass
 from typing import Any
 
 SEQ_MODULUS = 2**32
@@ -100,41 +101,76 @@ class LampClock:
         return cls(bucket_ms, current, previous, started, latest, reboots)
 
 
-@dataclass
 class Deduplicator:
-    """The (seq, ts) pairs seen within ``horizon_ms`` of event time, at most ``max_entries``."""
+    """The (seq, ts) pairs seen within ``horizon_ms`` of event time, at most ``max_entries``.
 
-    horizon_ms: int
-    max_entries: int
-    # Insertion-ordered: the oldest arrivals are evicted first.
-    seen: dict[tuple[int, int], None] = field(default_factory=dict)
+    The pairs are also kept, in arrival order, in a flat array of 64-bit integers: eviction
+    takes the oldest arrivals first, and the changelog gets the array's bytes as they are,
+    because a lamp's state is written after every batch that touched it.
+    """
+
+    __slots__ = ("horizon_ms", "log", "max_entries", "seen", "start")
+
+    def __init__(self, horizon_ms: int, max_entries: int, log: array[int] | None = None) -> None:
+        self.horizon_ms = horizon_ms
+        self.max_entries = max_entries
+        self.log: array[int] = log if log is not None else array("q")
+        self.start = 0
+        values = self.log
+        self.seen: set[tuple[int, int]] = set(zip(values[0::2], values[1::2], strict=True))
+
+    def __len__(self) -> int:
+        return len(self.seen)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Deduplicator):
+            return NotImplemented
+        return (self.horizon_ms, self.max_entries, self.pairs()) == (
+            other.horizon_ms,
+            other.max_entries,
+            other.pairs(),
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
     def is_duplicate(self, seq: int, ts: int, now_ms: int) -> bool:
         key = (seq, ts)
-        if key in self.seen:
+        seen = self.seen
+        if key in seen:
             return True
-        self.seen[key] = None
-        self._evict(now_ms)
+        seen.add(key)
+        log = self.log
+        log.append(seq)
+        log.append(ts)
+        oldest_allowed = now_ms - self.horizon_ms
+        start = self.start
+        while len(seen) > self.max_entries or log[start + 1] < oldest_allowed:
+            seen.discard((log[start], log[start + 1]))
+            start += 2
+            if start >= len(log):
+                break
+        if start > 4096 and start * 2 > len(log):
+            del log[:start]
+            start = 0
+        self.start = start
         return False
 
-    def _evict(self, now_ms: int) -> None:
-        seen = self.seen
-        oldest_allowed = now_ms - self.horizon_ms
-        while seen:
-            first = next(iter(seen))
-            if len(seen) > self.max_entries or first[1] < oldest_allowed:
-                del seen[first]
-            else:
-                break
+    def pairs(self) -> list[tuple[int, int]]:
+        """The remembered pairs, oldest arrival first."""
+        log, seen = self.log, self.seen
+        found = zip(log[self.start :: 2], log[self.start + 1 :: 2], strict=True)
+        return [pair for pair in found if pair in seen]
 
-    def dump(self) -> list[int]:
-        # Flat [seq, ts, seq, ts, ...]: compact in the changelog.
-        return [value for pair in self.seen for value in pair]
+    def dump(self) -> bytes:
+        return self.log[self.start :].tobytes()
 
     @classmethod
-    def load(cls, data: list[int], horizon_ms: int, max_entries: int) -> Deduplicator:
-        pairs = zip(data[0::2], data[1::2], strict=True)
-        return cls(horizon_ms, max_entries, dict.fromkeys(pairs))
+    def load(cls, data: bytes, horizon_ms: int, max_entries: int) -> Deduplicator:
+        log = array("q")
+        log.frombytes(data)  # ValueError unless whole 64-bit integers
+        if len(log) % 2:
+            raise ValueError("a (seq, ts) pair is cut in two")
+        return cls(horizon_ms, max_entries, log)
 
 
 @dataclass(frozen=True)

@@ -88,8 +88,9 @@ class RuleState:
                 setattr(self, name, value + shift_ms)
 
     def dump(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["incident"] = self.incident.dump() if self.incident else None
+        data = dict(self.__dict__)
+        if self.incident is not None:
+            data["incident"] = self.incident.dump()
         return data
 
     @classmethod

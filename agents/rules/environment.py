@@ -9,6 +9,7 @@ go to the late output.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from agents.events import LampEvent
 from agents.rules.base import Rule, RuleContext, RuleState
@@ -29,7 +30,7 @@ class EnvironmentRule(Rule[EnvironmentState]):
     handles = frozenset({"temperature"})
     state_type = EnvironmentState
 
-    @property
+    @cached_property
     def spec(self) -> WindowSpec:
         c = self.config
         return WindowSpec(

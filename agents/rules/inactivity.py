@@ -50,6 +50,9 @@ class InactivityState(RuleState):
     TIME_FIELDS = ("closed_at", "last_motion_at")
 
     last_motion_at: int = -1
+    # Cache: motion between these two times (the last computation's day) is due 3 h later.
+    plain_from: int = -1
+    plain_until: int = -1
 
 
 @dataclass
@@ -72,8 +75,20 @@ class InactivityRule(Rule[InactivityState]):
             ctx.resolve(state.incident, {"reason": "motion", "zone": event.str_field("zone")})
             state.incident = None
             state.closed_at = event.ts
-        zone = site_zone(self.config, ctx.site_id)
-        ctx.set_timer(DUE, inactivity_due(event.ts, zone, self.config))
+        ctx.set_timer(DUE, self._due(state, event.ts, ctx.site_id))
+
+    def _due(self, state: InactivityState, ts: int, site_id: str) -> int:
+        span = self.config.ms(self.config.inactivity_s)
+        if state.plain_from <= ts <= state.plain_until:
+            return ts + span  # motion is frequent: skip the calendar most of the time
+        zone = site_zone(self.config, site_id)
+        due = inactivity_due(ts, zone, self.config)
+        local = datetime.fromtimestamp(ts / 1000, zone).date()
+        start = datetime.combine(local, time.fromisoformat(self.config.inactivity_day_start), zone)
+        end = datetime.combine(local, time.fromisoformat(self.config.inactivity_day_end), zone)
+        state.plain_from = int(start.timestamp() * 1000)
+        state.plain_until = int(end.timestamp() * 1000) - span
+        return due
 
     def on_timer(self, state: InactivityState, timer: str, ctx: RuleContext) -> None:
         if timer == DUE and state.incident is None:
