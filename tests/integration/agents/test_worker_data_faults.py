@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.topics import ALERT_ACKS, LAMP_DLQ, LAMP_LATE, LAMP_MESSAGES, topic_name
 from schemas import encode, schema
@@ -15,6 +17,7 @@ from tests.integration.agents.conftest import (
     LampSender,
     read_records,
 )
+from tests.integration.pipeline.test_stack_command import free_port
 
 SITE = "it-home-2"
 
@@ -23,7 +26,8 @@ async def test_junk_to_the_dlq_late_to_the_side_output_acks_close(
     detection_run: DetectionRun,
 ) -> None:
     run = detection_run
-    worker = run.worker("w1")
+    metrics_port = free_port()
+    worker = run.worker("w1", VEILLEUSE_DETECTION__METRICS_PORT=str(metrics_port))
     await asyncio.to_thread(run.wait_for_assignment, [worker])
     now_ms = int(time.time() * 1000)
     good_header = [("mqtt.topic", f"lamps/{SITE}/L-junk/events".encode())]
@@ -114,7 +118,8 @@ async def test_junk_to_the_dlq_late_to_the_side_output_acks_close(
         )
         assert len({a["alert_id"] for a in again}) == 2
 
-    dead = await read_records(run.settings, topic_name(run.settings, LAMP_DLQ), len(junk))
+    dlq = topic_name(run.settings, LAMP_DLQ)
+    dead = await read_records(run.settings, dlq, len(junk))
     reasons = sorted(dict(r.headers)["reject.reason"].decode() for r in dead)
     assert reasons == sorted(junk)
     for record in dead:
@@ -126,3 +131,19 @@ async def test_junk_to_the_dlq_late_to_the_side_output_acks_close(
     assert [dict(r.headers)["late.reason"] for r in late] == [b"environment:window_closed"]
     assert orjson.loads(late[0].value)["type"] == "temperature"
     assert worker.alive(), worker.log_tail()
+    metrics = scrape(metrics_port)
+    for reason in junk:
+        assert metrics[f'veilleuse_worker_engine_events{{name="dead.{reason}"}}'] == 1
+    assert metrics['veilleuse_worker_engine_events{name="late"}'] == 1
+    assert metrics['veilleuse_worker_outputs_total{topic="' + dlq + '"}'] >= len(junk)
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The worker's Prometheus metrics, by sample name and labels."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values
