@@ -216,6 +216,33 @@ class DetectionSettings(_Section):
         return round(seconds * 1000)
 
 
+class SinkSettings(_Section):
+    """The PostgreSQL and Elasticsearch sinks (``VEILLEUSE_SINK__*``)."""
+
+    batch_max_records: int = Field(5_000, ge=1, description="A batch is written at this count.")
+    batch_max_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="... or at this many bytes of record values."
+    )
+    linger_ms: int = Field(
+        500, ge=0, description="... or this long after its first record arrived."
+    )
+    retry_initial_s: float = Field(0.5, gt=0, description="First wait after a failed write.")
+    retry_max_s: float = Field(
+        30.0, gt=0, description="Longest wait between retries (exponential, jittered)."
+    )
+    postgres_metrics_port: int = Field(
+        19103, ge=0, le=65535, description="Prometheus port of the PostgreSQL sink (0: none)."
+    )
+    elasticsearch_metrics_port: int = Field(
+        19104, ge=0, le=65535, description="Prometheus port of the Elasticsearch sink (0: none)."
+    )
+    elasticsearch_index_prefix: str = Field(
+        "lamp-messages",
+        pattern=r"^[a-z0-9][a-z0-9_-]*$",
+        description="Alias of the searchable messages; daily indices are named after it.",
+    )
+
+
 class PostgresSettings(_Section):
     """PostgreSQL (``VEILLEUSE_POSTGRES__*``)."""
 
@@ -352,6 +379,7 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()
     connector: ConnectorSettings = ConnectorSettings()
     detection: DetectionSettings = DetectionSettings()
+    sink: SinkSettings = SinkSettings()
     postgres: PostgresSettings = PostgresSettings()
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
     redis: RedisSettings = RedisSettings()

@@ -37,6 +37,11 @@ LAMP_DLQ = TopicSpec(
     "lamp.dlq.v1", "rejected lamp messages, original bytes, reason in a header", 30 * DAY_MS
 )
 LAMP_LATE = TopicSpec("lamp.late.v1", "records too late for their event-time window", 30 * DAY_MS)
+SINK_DLQ = TopicSpec(
+    "sink.dlq.v1",
+    "records a sink's store refused for good (e.g. a mapping error), reason in headers",
+    30 * DAY_MS,
+)
 ALERTS = TopicSpec("alerts.v1", "alerts raised and resolved (Avro single-object)", 90 * DAY_MS)
 ALERT_ACKS = TopicSpec(
     "alerts.acks.v1",
@@ -54,6 +59,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     ALERTS,
     ALERT_ACKS,
     ACTIVITY_HOURLY,
+    SINK_DLQ,
 )
 
 

@@ -1,0 +1,1 @@
+"""Sinks: Kafka topics into PostgreSQL and Elasticsearch, on one framework (runner.py)."""
