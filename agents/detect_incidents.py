@@ -19,7 +19,15 @@ from agents.rules.base import Rule
 from pipeline.records import KafkaRecord
 from pipeline.settings import Settings
 from pipeline.streaming import BatchResult, Produce
-from pipeline.topics import ALERT_ACKS, ALERTS, LAMP_DLQ, LAMP_LATE, LAMP_MESSAGES, topic_name
+from pipeline.topics import (
+    ACTIVITY_HOURLY,
+    ALERT_ACKS,
+    ALERTS,
+    LAMP_DLQ,
+    LAMP_LATE,
+    LAMP_MESSAGES,
+    topic_name,
+)
 from schemas import SchemaError, decode, encode, millis, schema
 
 log = logging.getLogger(__name__)
@@ -43,6 +51,13 @@ class DetectIncidents:
         self.alerts_topic = topic_name(settings, ALERTS)
         self.late_topic = topic_name(settings, LAMP_LATE)
         self.dlq_topic = topic_name(settings, LAMP_DLQ)
+        # What the rules emit besides alerts: kind -> (topic, writer schema).
+        self.emitted = {
+            "activity_hourly": (
+                topic_name(settings, ACTIVITY_HOURLY),
+                schema("activity_hourly.v1"),
+            ),
+        }
         self.topics: tuple[str, ...] = (self.messages_topic, self.acks_topic)
         self.rules: tuple[Rule, ...] = build_rules(config)  # type: ignore[type-arg]
         self.wall_clock = wall_clock
@@ -138,6 +153,11 @@ class DetectIncidents:
                 alert.alert_id,
                 extra={"lamp_id": alert.lamp_id, "site_id": alert.site_id, "component": self.name},
             )
+        now_ms = self.wall_clock()  # type: ignore[operator]
+        for kind, lamp_id, figures in outputs.records:
+            topic, writer = self.emitted[kind]
+            body = encode(writer, {**figures, "emitted_at": now_ms})
+            result.produce.append(Produce(topic, lamp_id.encode(), body))
         for record, reason in outputs.late:
             result.produce.append(self._side_output(self.late_topic, record, "late.reason", reason))
         for record, reason, detail in outputs.dead:

@@ -29,7 +29,7 @@ from pipeline.settings import DetectionSettings
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 MAX_TIMER_FIRINGS = 1000
 
 
@@ -53,11 +53,12 @@ class Outputs:
     late: list[tuple[KafkaRecord, str]] = field(default_factory=list)
     dead: list[tuple[KafkaRecord, str, str]] = field(default_factory=list)
     changed: set[str] = field(default_factory=set)
+    records: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     # wall time (ms) of the deadlines that raised or resolved alerts when wall time reached them
     deadlines: list[int] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.alerts or self.late or self.dead or self.changed)
+        return bool(self.alerts or self.late or self.dead or self.changed or self.records)
 
 
 class _Context:
@@ -111,8 +112,16 @@ class _Context:
 
     def late(self, reason: str) -> None:
         if self.record is not None:
-            self.engine.outputs.late.append((self.record, f"{self.rule}:{reason}"))
-            self.engine.counts["late"] += 1
+            late = self.engine.outputs.late
+            if late and late[-1][0] is self.record:  # late for several rules: one record
+                late[-1] = (self.record, f"{late[-1][1]},{self.rule}:{reason}")
+            else:
+                late.append((self.record, f"{self.rule}:{reason}"))
+                self.engine.counts["late"] += 1
+
+    def emit(self, kind: str, record: dict[str, Any]) -> None:
+        self.engine.outputs.records.append((kind, self.lamp_id, record))
+        self.engine.counts[f"emitted.{kind}"] += 1
 
 
 class PartitionEngine:
@@ -143,7 +152,6 @@ class PartitionEngine:
         self.counts: Counter[str] = Counter()
         self._future_ms = config.ms(config.max_future_skew_s)
         self._horizon_ms = config.ms(config.dedup_horizon_s)
-        self._bucket_ms = config.ms(config.clock_bucket_s)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -157,7 +165,7 @@ class PartitionEngine:
                     lamp_id,
                     site_id,
                     self.partition,
-                    LampClock(self._bucket_ms),
+                    LampClock(),
                     Deduplicator(self._horizon_ms, self.config.dedup_max_entries),
                     rules={name: rule.new_state() for name, rule in self.rules.items()},
                 )
@@ -198,7 +206,7 @@ class PartitionEngine:
                 raw["lamp_id"],
                 raw["site_id"],
                 raw["partition"],
-                LampClock.load(raw["clock"], self._bucket_ms),
+                LampClock.load(raw["clock"]),
                 Deduplicator.load(dedup, self._horizon_ms, self.config.dedup_max_entries),
                 {k: v for k, v in raw["timers"].items() if k.split(":", 1)[0] in self.rules},
                 rules,
@@ -252,7 +260,10 @@ class PartitionEngine:
             event_ts = clock.now(event.ingest_ms)
         else:
             offset_before = clock.offset
-            if clock.observe(event.seq, event.ts, event.ingest_ms):
+            uptime = event.payload.get("uptime_s") if event.type == "heartbeat" else None
+            if clock.observe(
+                event.seq, event.ts, event.ingest_ms, uptime if type(uptime) is int else None
+            ):
                 self.counts["reboots"] += 1
                 if offset_before is not None and clock.offset is not None:
                     self._rebase(lamp, clock.offset - offset_before)

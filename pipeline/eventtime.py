@@ -4,10 +4,9 @@ Each lamp keeps its own event time because lamp clocks disagree by minutes (±12
 contract): a partition-wide watermark would fire one lamp's deadlines on another's clock.
 
 * :class:`LampClock` maps wall time to the lamp's clock. It keeps the largest ``ts - ingest``
-  offset seen recently (the message that travelled fastest shows the clock best), so a lamp's
-  event time keeps advancing while it is silent: its deadlines fire on time (rule 6). The
-  largest offset is taken over two rolling buckets so that a clock corrected at reboot is
-  followed within minutes even when the reboot itself went unnoticed.
+  offset seen since the lamp's last reboot (the message that travelled fastest shows the clock
+  best), so a lamp's event time keeps advancing while it is silent: its deadlines fire on time
+  (rule 6).
 * :class:`Deduplicator` drops a message whose (``seq``, ``ts``) pair was seen: a true duplicate
   repeats both, while a lamp that rebooted repeats a ``seq`` with a new ``ts``, so no reboot
   heuristic can hide a real message.
@@ -25,6 +24,8 @@ SEQ_MODULUS = 2**32
 # A seq this small after a much larger one is a reboot (seq restarts at 0), not a reorder.
 REBOOT_SEQ_MAX = 16
 REBOOT_MIN_BACKWARD = 64
+# Boot times computed from two heartbeats of one boot differ by rounding and drift only.
+BOOT_TOLERANCE_MS = 60_000
 
 
 def seq_backward_distance(seq: int, latest: int) -> int:
@@ -35,45 +36,46 @@ def seq_backward_distance(seq: int, latest: int) -> int:
 
 @dataclass
 class LampClock:
-    """The lamp's clock as seen through the pipeline's ingest timestamps."""
+    """The lamp's clock as seen through the pipeline's ingest timestamps.
 
-    bucket_ms: int = 120_000
-    offset_current: int | None = None
-    offset_previous: int | None = None
-    bucket_started_ms: int = 0
+    ``offset`` is the largest ``ts - ingest`` seen since the lamp's last reboot: delays only
+    make a message's offset smaller, so the largest is the closest to the truth, and replays
+    or a slow network never pull the clock back. The protocol resynchronises a lamp's clock
+    only at reboot, so the offset starts afresh then: when ``seq`` restarts near 0, or when a
+    heartbeat's boot time (``ts`` minus its uptime) is later than the last one's: a heartbeat of
+    the same boot, even reordered, gives the same boot time.
+    """
+
+    offset: int | None = None
     latest_seq: int | None = None
     reboots: int = 0
+    boot_ms: int | None = None  # the lamp's boot time on its own clock, from heartbeats
 
-    @property
-    def offset(self) -> int | None:
-        if self.offset_current is None:
-            return self.offset_previous
-        if self.offset_previous is None:
-            return self.offset_current
-        return max(self.offset_current, self.offset_previous)
-
-    def observe(self, seq: int, ts: int, ingest_ms: int) -> bool:
-        """Record one message; return True when it shows the lamp rebooted."""
+    def observe(self, seq: int, ts: int, ingest_ms: int, uptime_s: int | None = None) -> bool:
+        """Record one message (``uptime_s`` for heartbeats); True when the lamp rebooted."""
         rebooted = False
         if self.latest_seq is not None:
             behind = seq_backward_distance(seq, self.latest_seq)
-            if seq <= REBOOT_SEQ_MAX and behind >= REBOOT_MIN_BACKWARD:
+            rebooted = seq <= REBOOT_SEQ_MAX and behind >= REBOOT_MIN_BACKWARD
+        if uptime_s is not None:
+            boot = ts - uptime_s * 1000
+            if self.boot_ms is not None and boot > self.boot_ms + BOOT_TOLERANCE_MS:
                 rebooted = True
+            if self.boot_ms is None or rebooted:
+                self.boot_ms = boot
         offset = ts - ingest_ms
         if rebooted:
             # The clock was resynchronised: forget what the old one said.
             self.reboots += 1
-            self.offset_current, self.offset_previous = offset, None
-            self.bucket_started_ms = ingest_ms
+            self.offset = offset
+            if uptime_s is None:
+                self.boot_ms = None  # the next heartbeat tells the new boot time
             self.latest_seq = seq
             return True
         if self.latest_seq is None or seq_backward_distance(seq, self.latest_seq) == 0:
             self.latest_seq = seq
-        if ingest_ms - self.bucket_started_ms >= self.bucket_ms:
-            self.offset_previous, self.offset_current = self.offset_current, offset
-            self.bucket_started_ms = ingest_ms
-        elif self.offset_current is None or offset > self.offset_current:
-            self.offset_current = offset
+        if self.offset is None or offset > self.offset:
+            self.offset = offset
         return False
 
     def now(self, wall_ms: int) -> int:
@@ -87,18 +89,12 @@ class LampClock:
         return event_ms if offset is None else event_ms - offset
 
     def dump(self) -> list[Any]:
-        return [
-            self.offset_current,
-            self.offset_previous,
-            self.bucket_started_ms,
-            self.latest_seq,
-            self.reboots,
-        ]
+        return [self.offset, self.latest_seq, self.reboots, self.boot_ms]
 
     @classmethod
-    def load(cls, data: list[Any], bucket_ms: int) -> LampClock:
-        current, previous, started, latest, reboots = data
-        return cls(bucket_ms, current, previous, started, latest, reboots)
+    def load(cls, data: list[Any]) -> LampClock:
+        offset, latest, reboots, boot = data
+        return cls(offset, latest, reboots, boot)
 
 
 class Deduplicator:

@@ -188,9 +188,6 @@ class DetectionSettings(_Section):
     max_future_skew_s: float = Field(
         300, gt=0, description="A ts further ahead of the ingest time than this is refused."
     )
-    clock_bucket_s: float = Field(
-        120, gt=0, description="Lamp clock: how long an offset sample is trusted, per bucket."
-    )
     tick_interval_s: float = Field(
         0.2, gt=0, description="How often the deadlines of silent lamps are checked."
     )

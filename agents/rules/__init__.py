@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from agents.rules.activity_hourly import ActivityHourlyRule
 from agents.rules.base import Rule
 from agents.rules.environment import EnvironmentRule
 from agents.rules.fall import FallRule
@@ -16,6 +17,7 @@ RULES: tuple[type[Rule], ...] = (  # type: ignore[type-arg]
     EnvironmentRule,
     LampOfflineRule,
     InactivityRule,
+    ActivityHourlyRule,  # not an alert: support's hourly figures, on the same lamp clock
 )
 
 

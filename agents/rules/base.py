@@ -125,7 +125,13 @@ class RuleContext(Protocol):
 
     def cancel_timer(self, name: str) -> None: ...
 
-    def late(self, reason: str) -> None: ...
+    def late(self, reason: str) -> None:
+        """The record being handled is too late for this rule's window (side output)."""
+        ...
+
+    def emit(self, kind: str, record: dict[str, Any]) -> None:
+        """A record other than an alert (e.g. ``activity_hourly``), written in the batch."""
+        ...
 
 
 S = TypeVar("S", bound=RuleState)

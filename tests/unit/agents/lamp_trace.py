@@ -47,6 +47,7 @@ class Trace:
         self.alerts: list[Alert] = []
         self.late: list[tuple[KafkaRecord, str]] = []
         self.dead: list[tuple[KafkaRecord, str, str]] = []
+        self.emitted: list[tuple[str, str, dict[str, Any]]] = []
 
     def _new_engine(self) -> PartitionEngine:
         return PartitionEngine(
@@ -187,6 +188,7 @@ class Trace:
         self.alerts += outputs.alerts
         self.late += outputs.late
         self.dead += outputs.dead
+        self.emitted += outputs.records
         for lamp_id in outputs.changed:
             self.store[lamp_id] = self.engine.encode_state(lamp_id)
 

@@ -48,7 +48,7 @@ def test_encode_decode_round_trip() -> None:
     decoded = engine().decode_state(data)
     assert decoded is not None
     assert decoded == lamp
-    assert header(data)["v"] == 2
+    assert header(data)["v"] == 3
 
 
 def test_decoded_state_carries_on_like_the_original() -> None:
