@@ -259,6 +259,12 @@ class PartitionEngine:
             # No time of its own: it happened now, on the lamp's clock.
             event_ts = clock.now(event.ingest_ms)
         else:
+            # Duplicates first: a duplicate must not teach the clock anything (an old low seq
+            # would look like a reboot).
+            lamp_now = clock.now(event.ingest_ms) if clock.offset is not None else event.ts
+            if lamp.dedup.is_duplicate(event.seq, event.ts, lamp_now):
+                self.counts["duplicates"] += 1
+                return
             offset_before = clock.offset
             uptime = event.payload.get("uptime_s") if event.type == "heartbeat" else None
             if clock.observe(
@@ -268,9 +274,6 @@ class PartitionEngine:
                 if offset_before is not None and clock.offset is not None:
                     self._rebase(lamp, clock.offset - offset_before)
             event_ts = event.ts
-            if lamp.dedup.is_duplicate(event.seq, event.ts, clock.now(event.ingest_ms)):
-                self.counts["duplicates"] += 1
-                return
         if event.site_id != lamp.site_id:
             lamp.site_id = event.site_id
             self.contexts.pop(lamp.lamp_id, None)

@@ -195,13 +195,14 @@ def lamps_list(ctx: click.Context) -> None:
 @cli.command()
 @click.pass_context
 def setup(ctx: click.Context) -> None:
-    """Create the Kafka topics (idempotent; existing topics are reported, never altered)."""
+    """Create the Kafka topics and apply the PostgreSQL migrations (both idempotent)."""
     from pipeline.topics import ensure_topics_sync
 
     for result in ensure_topics_sync(_settings(ctx)):
         state = "created" if result.created else "exists"
         note = f"  ({result.note})" if result.note else ""
         click.echo(f"topic {result.name:<22}{state:<9}{result.partitions} partitions{note}")
+    _migrate(_settings(ctx))
 
 
 @cli.command()
@@ -251,6 +252,140 @@ def worker(ctx: click.Context, instance_id: str | None) -> None:
     settings = _settings(ctx)
     configure_sentry(settings, "worker")
     run_worker(settings, instance_id=instance_id)
+
+
+# -- PostgreSQL migrations and the sinks -----------------------------------------------------------
+
+
+def _migrate(settings: Settings) -> None:
+    import psycopg
+
+    from pipeline import migrations
+
+    try:
+        applied = migrations.migrate(settings.postgres.conninfo())
+    except psycopg.OperationalError as exc:
+        raise migrations.MigrationError(f"PostgreSQL unavailable: {exc}") from exc
+    for migration in applied:
+        click.echo(f"migration {migration.label:<30}applied")
+    current = migrations.discover()[-1]
+    click.echo(f"database {settings.postgres.database!r} is at migration {current.label}")
+
+
+@cli.command()
+@click.option("--status", "show_status", is_flag=True, help="Only report; exits 1 unless current.")
+@click.pass_context
+def migrate(ctx: click.Context, show_status: bool) -> None:
+    """Apply the pending PostgreSQL migrations (migrations/postgres/), in order."""
+    from pipeline import migrations
+
+    settings = _settings(ctx)
+    if not show_status:
+        _migrate(settings)
+        return
+    report = migrations.status(settings.postgres.conninfo())
+    for migration in report.applied:
+        click.echo(f"migration {migration.label:<30}applied")
+    for migration, _ in report.changed:
+        click.echo(f"migration {migration.label:<30}CHANGED since applied")
+    for migration in report.pending:
+        click.echo(f"migration {migration.label:<30}pending")
+    for unknown in report.unknown:
+        click.echo(f"migration {unknown.version:04d}_{unknown.name:<25}applied, no file here")
+    if not report.up_to_date:
+        sys.exit(1)
+
+
+@cli.group()
+def sink() -> None:
+    """Run a sink: Kafka topics into a store, until SIGTERM or SIGINT."""
+
+
+@sink.command("postgres")
+@click.pass_context
+def sink_postgres(ctx: click.Context) -> None:
+    """activity.hourly.v1 and alerts.v1 into PostgreSQL (exactly once; see docs/postgres.md)."""
+    from connectors.sinks.postgres import PostgresSink
+    from connectors.sinks.runner import run_sink
+    from pipeline.observability import configure_sentry
+
+    settings = _settings(ctx)
+    configure_sentry(settings, "sink-postgres")
+    run_sink(settings, PostgresSink(settings), settings.sink.postgres_metrics_port)
+
+
+# -- search (Elasticsearch) ------------------------------------------------------------------------
+
+
+@sink.command("elasticsearch")
+@click.pass_context
+def sink_elasticsearch(ctx: click.Context) -> None:
+    """Index lamp.messages.v1 and lamp.dlq.v1 into Elasticsearch (docs/search.md)."""
+    from connectors.sinks.elasticsearch import run as run_elasticsearch_sink
+    from pipeline.observability import configure_sentry
+
+    settings = _settings(ctx)
+    configure_sentry(settings, "sink-elasticsearch")
+    run_elasticsearch_sink(settings)
+
+
+@cli.command()
+@click.option(
+    "--max-rate",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Documents per second at most (0: no limit; one bulk request at a time anyway).",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), help="Documents per bulk request.")
+@click.option(
+    "--settle-s",
+    type=click.FloatRange(min=0),
+    default=15.0,
+    show_default=True,
+    help="After the swap, keep copying new records this long (the live sink follows in 5 s).",
+)
+@click.option("--delete-old", is_flag=True, help="Delete the old generation after the swap.")
+@click.option("--restart", is_flag=True, help="Start an unfinished reindex over from scratch.")
+@click.option(
+    "--drop-generation",
+    type=click.IntRange(min=1),
+    help="Instead of reindexing: delete the indices and templates of this old generation.",
+)
+@click.pass_context
+def reindex(  # noqa: PLR0917 - click passes every option positionally
+    ctx: click.Context,
+    max_rate: float,
+    batch_size: int | None,
+    settle_s: float,
+    delete_old: bool,
+    restart: bool,
+    drop_generation: int | None,
+) -> None:
+    """Rebuild the search index from Kafka into a new generation, then swap the aliases.
+
+    Resumable: run it again after an interruption. See docs/search.md.
+    """
+    from connectors.sinks.elasticsearch import IndexNames
+    from connectors.sinks.reindex import ReindexOptions, run_drop_generation, run_reindex
+
+    settings = _settings(ctx)
+    if drop_generation is not None:
+        dropped = run_drop_generation(settings, drop_generation)
+        click.echo(f"deleted generation {drop_generation}: {len(dropped)} index(es)")
+        return
+    options = ReindexOptions(
+        max_rate=max_rate,
+        batch_size=batch_size,
+        settle_s=settle_s,
+        delete_old=delete_old,
+        restart=restart,
+    )
+    report = run_reindex(settings, options)
+    for line in report.lines(IndexNames(settings.sink.elasticsearch_index_prefix)):
+        click.echo(line)
+    if report.interrupted:
+        sys.exit(1)
 
 
 def main() -> None:

@@ -26,6 +26,8 @@ REBOOT_SEQ_MAX = 16
 REBOOT_MIN_BACKWARD = 64
 # Boot times computed from two heartbeats of one boot differ by rounding and drift only.
 BOOT_TOLERANCE_MS = 60_000
+# A reboot resynchronises a clock that was off by at most ±120 s, plus some network delay.
+MAX_CLOCK_CORRECTION_MS = 300_000
 
 
 def seq_backward_distance(seq: int, latest: int) -> int:
@@ -56,7 +58,13 @@ class LampClock:
         rebooted = False
         if self.latest_seq is not None:
             behind = seq_backward_distance(seq, self.latest_seq)
-            rebooted = seq <= REBOOT_SEQ_MAX and behind >= REBOOT_MIN_BACKWARD
+            rebooted = (
+                seq <= REBOOT_SEQ_MAX
+                and behind >= REBOOT_MIN_BACKWARD
+                # A replay or duplicate of an old low seq carries an old ts; after a reboot
+                # the clock moved by at most the protocol's skew.
+                and ts >= self.now(ingest_ms) - MAX_CLOCK_CORRECTION_MS
+            )
         if uptime_s is not None:
             boot = ts - uptime_s * 1000
             if self.boot_ms is not None and boot > self.boot_ms + BOOT_TOLERANCE_MS:

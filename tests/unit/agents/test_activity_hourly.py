@@ -101,3 +101,13 @@ def test_a_silent_lamps_hour_closes_on_its_clock() -> None:
     assert hours(t) == []
     t.run_until(3600 + 120 + 120 + 1)
     assert hours(t)[0]["hour_start"] == T0_MS
+
+
+def test_a_first_message_arriving_late_is_still_deduplicated() -> None:
+    """Found by the integration test: before the lamp's clock is known, the deduplicator took
+    wall time for "now" and forgot an old first message at once, so its duplicate counted."""
+    t = Trace()
+    first = t.motion(10, arrive_s=600)
+    t.feed(first, first)
+    t.run_until(3600 + 121)
+    assert hours(t)[0]["motion_events"] == 1

@@ -237,3 +237,15 @@ def test_invalid_window_specs_raise(size: int, step: int, grace: int) -> None:
     """Non-positive size or step, negative grace, size not a multiple of step."""
     with pytest.raises(ValueError):
         WindowSpec(size, step, grace)
+
+
+def test_an_old_low_seq_arriving_late_is_not_a_reboot() -> None:
+    """Found by the hourly figures' integration test: duplicates of a lamp's first messages,
+    delivered after its later ones, looked like a reboot and moved its clock back an hour."""
+    clock = LampClock()
+    for seq in range(120):
+        clock.observe(seq, WALL + seq * 30_000, WALL + 3_600_000)
+    assert not clock.observe(0, WALL, WALL + 3_601_000)  # an hour old: a replay, not a boot
+    assert clock.reboots == 0
+    lamp_now = clock.now(WALL + 3_602_000)
+    assert clock.observe(0, lamp_now - 200_000, WALL + 3_602_000)  # set back 200 s: a reboot
