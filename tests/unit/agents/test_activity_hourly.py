@@ -107,7 +107,7 @@ def test_a_first_message_arriving_late_is_still_deduplicated() -> None:
     """Found by the integration test: before the lamp's clock is known, the deduplicator took
     wall time for "now" and forgot an old first message at once, so its duplicate counted."""
     t = Trace()
-    first = t.motion(10, arrive_s=600)
+    first = t.motion(10, arrive_s=2000)  # older than the deduplicator's 15 min on arrival
     t.feed(first, first)
-    t.run_until(3600 + 121 + 590)  # the lamp's clock runs 590 s behind the wall
+    t.run_until(3600 + 121 + 1990)  # the lamp's clock runs 1990 s behind the wall
     assert hours(t)[0]["motion_events"] == 1
