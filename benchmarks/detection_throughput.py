@@ -23,6 +23,7 @@ each silent lamp's fall alert minus its deadline is reported.
         [--rate 20000] [--live-s 60] [--drain-s 120]
         [--profile]      # also run the batch path under cProfile and print where the time goes
         [--modes none]   # the latency phase alone (--live-s 0: the throughput modes alone)
+        [--metrics-port 19199]  # live phase: serve the worker's metrics, print its histograms
 
 After the batch path, its changelog is read back (records and bytes of state written). The
 worker's code is fingerprinted at the start and the end: a change during the run is reported.
@@ -508,24 +509,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def worker_env(prefix: str, app_id: str) -> dict[str, str]:
+def worker_env(prefix: str, app_id: str, metrics_port: int = 0) -> dict[str, str]:
     return {
         "VEILLEUSE_KAFKA__TOPIC_PREFIX": prefix,
         "VEILLEUSE_DETECTION__APP_ID": app_id,
-        "VEILLEUSE_DETECTION__METRICS_PORT": "0",
+        "VEILLEUSE_DETECTION__METRICS_PORT": str(metrics_port),
         "VEILLEUSE_LOG_FORMAT": "json",
         "VEILLEUSE_LOG_LEVEL": "INFO",
     }
 
 
 def start_worker(
-    prefix: str, app_id: str, log: Path, profile: Path | None = None
+    prefix: str, app_id: str, log: Path, profile: Path | None = None, metrics_port: int = 0
 ) -> subprocess.Popen[bytes]:
     prefix_argv = (
         [sys.executable, "-m", "cProfile", "-o", str(profile)] if profile else [sys.executable]
     )
     argv = [*prefix_argv, "-m", "pipeline", "worker", "--instance-id", "bench"]
-    return spawn(argv, log, worker_env(prefix, app_id))
+    print(f"starting the worker of {app_id}, code {code_fingerprint()}", flush=True)
+    return spawn(argv, log, worker_env(prefix, app_id, metrics_port))
 
 
 def log_lines(log: Path) -> list[dict[str, Any]]:
@@ -721,7 +723,7 @@ async def latency_phase(base: Settings, args: argparse.Namespace, workdir: Path)
     await ensure_topics(settings)
     app_id = f"{prefix}detection"
     log = workdir / "latency-worker.log"
-    proc = start_worker(prefix, app_id, log)
+    proc = start_worker(prefix, app_id, log, metrics_port=args.metrics_port)
     out: dict[str, Any] = {"prefix": prefix, "log": str(log)}
     try:
         await wait_ready(proc, log, settings.kafka.topic_partitions)
@@ -760,6 +762,8 @@ async def latency_phase(base: Settings, args: argparse.Namespace, workdir: Path)
                 stop(producer)
             load_ended = time.time()
             worker_cpu = cpu_seconds(proc.pid) - worker_cpu
+            if args.metrics_port:
+                out["metrics"] = worker_metrics(args.metrics_port)
             end = await offsets.end()
             lag_at_end = end - await offsets.committed(app_id)
             # Let the worker drain what the load left (at most --drain-s), and the last alerts
@@ -986,6 +990,8 @@ def report_latency(latency: dict[str, Any], args: argparse.Namespace, rows: list
         print(f"  t+{t - t0:5.1f}s produced {end:>9,} committed {done:>9,} lag {end - done:>8,}")
     summary = latency_summary(latency)
     print(f"deadline→alert: {summary}")
+    if latency.get("metrics"):
+        print_metrics(latency["metrics"])
     print(f"latency worker log: {latency['log']}")
     for problem in latency["problems"]:
         print(f"  log: {problem}")
@@ -1008,6 +1014,48 @@ def report_latency(latency: dict[str, Any], args: argparse.Namespace, rows: list
         )
     )
     rows.append(("deadline→alert under load", "", "", "", summary))
+
+
+def worker_metrics(port: int) -> dict[str, list[tuple[float, float]] | float]:
+    """The worker's histograms (cumulative buckets) and counters, by metric name."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out: dict[str, Any] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                le = float(sample.labels["le"])
+                out.setdefault(sample.name[: -len("_bucket")], []).append((le, sample.value))
+            elif sample.name.endswith(("_sum", "_count")):
+                out[sample.name] = sample.value
+    return out
+
+
+def print_metrics(metrics: dict[str, Any]) -> None:
+    def bound(name: str, q: float) -> str:
+        buckets = sorted(metrics[name])
+        total = buckets[-1][1]
+        le = next(le for le, count in buckets if count >= q * total)
+        return f"≤ {le:g}"
+
+    print("worker metrics at the end of the load (histogram buckets):")
+    for name, unit in (
+        ("veilleuse_worker_batch_records", "records"),
+        ("veilleuse_worker_batch_seconds", "s"),
+        ("veilleuse_worker_commit_seconds", "s"),
+        ("veilleuse_deadline_to_alert_seconds", "s"),
+    ):
+        count = metrics.get(f"{name}_count", 0.0)
+        if not count:
+            continue
+        mean = metrics[f"{name}_sum"] / count
+        print(
+            f"  {name}: {count:,.0f} observations, mean {mean:,.3f} {unit}, "
+            f"p50 {bound(name, 0.5)}, p99 {bound(name, 0.99)}"
+        )
 
 
 def latency_summary(latency: dict[str, Any]) -> str:
@@ -1103,6 +1151,12 @@ def main() -> None:
         "--drain-s", type=float, default=120.0, help="live phase: wait this long after the load"
     )
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="live phase: serve the worker's metrics on this port and print its histograms",
+    )
     parser.add_argument("--profile-top", type=int, default=30)
     parser.add_argument("--keep-topics", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -1121,8 +1175,12 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_term)
     workdir = Path(tempfile.mkdtemp(prefix="detection-bench-"))
     prefixes: list[str] = []
+    interrupted = False
     try:
         asyncio.run(run(args, workdir, prefixes))
+    except KeyboardInterrupt:
+        interrupted = True
+        print("interrupted: stopping the processes, deleting the topics", file=sys.stderr)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -1130,6 +1188,8 @@ def main() -> None:
             stop(proc, timeout_s=30)
         if prefixes and not args.keep_topics:
             asyncio.run(delete_topics(load_settings(), prefixes))
+    if interrupted:
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -348,6 +348,12 @@ def sink_elasticsearch(ctx: click.Context) -> None:
 @click.option("--delete-old", is_flag=True, help="Delete the old generation after the swap.")
 @click.option("--restart", is_flag=True, help="Start an unfinished reindex over from scratch.")
 @click.option(
+    "--allow-fewer",
+    is_flag=True,
+    help="Swap even if the new generation has fewer documents than the old one (Kafka's "
+    "retention dropped the oldest, or the new mapping refuses some).",
+)
+@click.option(
     "--drop-generation",
     type=click.IntRange(min=1),
     help="Instead of reindexing: delete the indices and templates of this old generation.",
@@ -360,6 +366,7 @@ def reindex(  # noqa: PLR0917 - click passes every option positionally
     settle_s: float,
     delete_old: bool,
     restart: bool,
+    allow_fewer: bool,
     drop_generation: int | None,
 ) -> None:
     """Rebuild the search index from Kafka into a new generation, then swap the aliases.
@@ -380,6 +387,7 @@ def reindex(  # noqa: PLR0917 - click passes every option positionally
         settle_s=settle_s,
         delete_old=delete_old,
         restart=restart,
+        allow_fewer=allow_fewer,
     )
     report = run_reindex(settings, options)
     for line in report.lines(IndexNames(settings.sink.elasticsearch_index_prefix)):

@@ -67,8 +67,11 @@ DATE_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 SEQ_MAX = 2**32 - 1
 LAMP_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
-# A bulk request is split above this many bytes (Elasticsearch refuses bodies over 100 MB).
-MAX_BULK_BYTES = 16 * 1024 * 1024
+# A batch is sent as bulk requests of at most this many bytes, a few at a time: aiohttp
+# warns that a larger body held in memory may block the event loop while it is sent, and
+# concurrent requests keep Elasticsearch's write threads (one per core) busy.
+MAX_BULK_BYTES = 1_000_000
+BULK_CONCURRENCY = 2
 
 # Error types of a bulk item that mean "this document can never be indexed as it is".
 MAPPING_ERRORS = frozenset(
@@ -344,14 +347,29 @@ def dlq_action(record: KafkaRecord, names: IndexNames, generation: int) -> Actio
     )
 
 
+def encode(action: Action) -> bytes:
+    """The two NDJSON lines that create this document in a bulk request."""
+    header = orjson.dumps({"create": {"_index": action.index, "_id": action.doc_id}})
+    return header + b"\n" + orjson.dumps(action.source) + b"\n"
+
+
 def bulk_body(actions: Sequence[Action]) -> bytes:
     """The NDJSON body of a bulk request creating these documents."""
-    lines: list[bytes] = []
-    for action in actions:
-        lines.append(orjson.dumps({"create": {"_index": action.index, "_id": action.doc_id}}))
-        lines.append(orjson.dumps(action.source))
-    lines.append(b"")
-    return b"\n".join(lines)
+    return b"".join(encode(action) for action in actions)
+
+
+def chunk_by_size(sizes: Sequence[int], positions: Sequence[int], limit: int) -> list[list[int]]:
+    """``positions`` in order, split so that no chunk's sizes add up to more than ``limit``
+    (a single larger item goes alone)."""
+    chunks: list[list[int]] = []
+    size = 0
+    for position in positions:
+        if not chunks or (chunks[-1] and size + sizes[position] > limit):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(position)
+        size += sizes[position]
+    return chunks
 
 
 # -- sorting a bulk response -------------------------------------------------------------------
@@ -393,6 +411,7 @@ class BulkOutcome:
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (position, detail)
     duplicates: int = 0
     last_retry_error: str = ""
+    items: int = 0
 
 
 def sort_items(items: Sequence[Mapping[str, Any]]) -> BulkOutcome:
@@ -581,6 +600,28 @@ async def current_generation(client: AsyncElasticsearch, names: IndexNames) -> i
 # -- the sink ----------------------------------------------------------------------------------
 
 
+class SearchMetrics:
+    """What the shared runner's metrics do not say: per-document outcomes and the generation."""
+
+    def __init__(self, registry: Any) -> None:
+        from prometheus_client import Counter, Gauge
+
+        prefix = "veilleuse_sink_elasticsearch"
+        self.item_retries = Counter(
+            f"{prefix}_item_retries",
+            "Documents refused for now (429, 5xx) and sent again.",
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            f"{prefix}_duplicates",
+            "Documents already indexed (a redelivery or a QoS 1 duplicate).",
+            registry=registry,
+        )
+        self.generation = Gauge(
+            f"{prefix}_generation", "The index generation written to.", registry=registry
+        )
+
+
 class ElasticsearchSink:
     """Indexes ``lamp.messages.v1`` and ``lamp.dlq.v1`` (see the module documentation).
 
@@ -600,6 +641,7 @@ class ElasticsearchSink:
         item_retries: int = 3,
         item_retry_initial_s: float = 0.2,
         max_bulk_bytes: int = MAX_BULK_BYTES,
+        bulk_concurrency: int = BULK_CONCURRENCY,
         client: AsyncElasticsearch | None = None,
     ) -> None:
         self.settings = settings
@@ -613,13 +655,13 @@ class ElasticsearchSink:
         self.item_retries = item_retries
         self.item_retry_initial_s = item_retry_initial_s
         self.max_bulk_bytes = max_bulk_bytes
+        self.bulk_concurrency = bulk_concurrency
         self._client = client
         self._own_client = client is None
         self._generation_read_at = float("-inf")
         self._templates_ready: set[int] = set()
         self._indices: set[str] = set()
-        self.item_retry_count = 0
-        self.duplicates = 0
+        self.metrics: SearchMetrics | None = None
 
     @property
     def client(self) -> AsyncElasticsearch:
@@ -680,6 +722,8 @@ class ElasticsearchSink:
             )
             self.generation = generation
             self._indices.clear()
+            if self.metrics is not None:
+                self.metrics.generation.set(generation)
         return generation
 
     # -- writing ---------------------------------------------------------------------------
@@ -696,17 +740,25 @@ class ElasticsearchSink:
     async def write(self, batch: Batch) -> WriteResult:
         generation = await self._refresh_generation()
         actions = self.actions(batch.records, generation)
+        encoded = [encode(action) for action in actions]
+        sizes = [len(line) for line in encoded]
         await self._ensure_indices({a.index for a in actions})
         pending = list(range(len(actions)))
         rejected: list[Rejected] = []
         delay = self.item_retry_initial_s
         last_error = ""
         for attempt in range(self.item_retries + 1):
+            chunks = chunk_by_size(sizes, pending, self.max_bulk_bytes)
+            outcomes = await self._bulk_all([b"".join(encoded[i] for i in c) for c in chunks])
             retry: list[int] = []
-            for chunk in self._chunks(pending, actions):
-                outcome = await self._bulk([actions[i] for i in chunk])
+            for chunk, outcome in zip(chunks, outcomes, strict=True):
+                if outcome.items != len(chunk):
+                    raise StoreUnavailableError(
+                        f"bulk answered {outcome.items} items for {len(chunk)} documents"
+                    )
                 retry.extend(chunk[p] for p in outcome.retry)
-                self.duplicates += outcome.duplicates
+                if self.metrics is not None and outcome.duplicates:
+                    self.metrics.duplicates.inc(outcome.duplicates)
                 for position, detail in outcome.rejected:
                     rejected.append(
                         Rejected(actions[chunk[position]].record, "mapping_error", detail)
@@ -714,11 +766,12 @@ class ElasticsearchSink:
                 last_error = outcome.last_retry_error or last_error
             if not retry:
                 return WriteResult(rejected)
-            pending = retry
-            self.item_retry_count += len(retry)
+            pending = sorted(retry)
+            if self.metrics is not None:
+                self.metrics.item_retries.inc(len(retry))
             if attempt < self.item_retries:
                 wait = random.uniform(delay / 2, delay)  # noqa: S311 - jitter, not crypto
-                first = actions[retry[0]].record
+                first = actions[pending[0]].record
                 log.warning(
                     "sink elasticsearch: %d of %d documents refused for now (%s); retrying "
                     "them in %.2f s",
@@ -739,39 +792,40 @@ class ElasticsearchSink:
             f"({last_error[:300]})"
         )
 
-    def _chunks(self, positions: list[int], actions: Sequence[Action]) -> list[list[int]]:
-        """Positions split so that no bulk body exceeds ``max_bulk_bytes`` (estimated)."""
-        chunks: list[list[int]] = [[]]
-        size = 0
-        for position in positions:
-            record = actions[position].record
-            estimate = 2 * len(record.value or b"") + 512
-            if chunks[-1] and size + estimate > self.max_bulk_bytes:
-                chunks.append([])
-                size = 0
-            chunks[-1].append(position)
-            size += estimate
-        return [c for c in chunks if c]
+    async def _bulk_all(self, bodies: list[bytes]) -> list[BulkOutcome]:
+        """Send every body, ``bulk_concurrency`` at a time; all are awaited before a failure
+        is raised (the store's first)."""
+        gate = asyncio.Semaphore(self.bulk_concurrency)
 
-    async def _bulk(self, actions: Sequence[Action]) -> BulkOutcome:
+        async def one(body: bytes) -> BulkOutcome:
+            async with gate:
+                return await self._bulk(body)
+
+        results = await asyncio.gather(*(one(body) for body in bodies), return_exceptions=True)
+        outcomes: list[BulkOutcome] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            outcomes.append(result)
+        return outcomes
+
+    async def _bulk(self, body: bytes) -> BulkOutcome:
         try:
             response = await self.client.bulk(
-                operations=bulk_body(actions),  # type: ignore[arg-type] # bytes go as they are
+                operations=body,  # type: ignore[arg-type] # NDJSON bytes go as they are
                 filter_path="errors,items.*.status,items.*.error",
             )
         except Exception as exc:
             if unavailable(exc):
                 raise StoreUnavailableError(f"elasticsearch bulk: {_short(exc)}") from exc
             raise SinkError(f"elasticsearch bulk refused: {_short(exc)}") from exc
-        body = response.body
-        if not body.get("errors"):
-            return BulkOutcome()
-        items = body.get("items", [])
-        if len(items) != len(actions):
-            raise StoreUnavailableError(
-                f"bulk answered {len(items)} items for {len(actions)} documents"
-            )
-        return sort_items(items)
+        answer = response.body
+        items = answer.get("items", [])
+        if not answer.get("errors"):
+            return BulkOutcome(items=len(items))
+        outcome = sort_items(items)
+        outcome.items = len(items)
+        return outcome
 
     async def _ensure_indices(self, indices: set[str]) -> None:
         """Create the indices this batch needs (their template applies), once per process."""
@@ -792,11 +846,29 @@ class ElasticsearchSink:
 
 
 def _short(exc: BaseException) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    """One line naming the error and, for a transport error, its cause (refused, timed out)."""
+    text = f"{type(exc).__name__}: {exc}"
+    causes = getattr(exc, "errors", None)
+    if isinstance(causes, tuple) and causes:
+        text += f" ({type(causes[-1]).__name__}: {causes[-1]})"
+    return " ".join(text.split())[:300]
 
 
 def run(settings: Settings) -> None:
-    """``veilleuse sink elasticsearch``: index until SIGTERM or SIGINT."""
-    from connectors.sinks.runner import run_sink
+    """``veilleuse sink elasticsearch``: index until SIGTERM or SIGINT (the bulk in progress is
+    finished first)."""
+    import signal
 
-    run_sink(settings, ElasticsearchSink(settings), settings.sink.elasticsearch_metrics_port)
+    from connectors.sinks.runner import SinkRunner
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        sink = ElasticsearchSink(settings)
+        runner = SinkRunner(settings, sink, metrics_port=settings.sink.elasticsearch_metrics_port)
+        sink.metrics = SearchMetrics(runner.metrics.registry)
+        await runner.run(stop)
+
+    asyncio.run(main())

@@ -36,6 +36,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 from connectors.sinks.elasticsearch import (
@@ -69,6 +70,7 @@ class ReindexOptions:
     settle_s: float = 15.0  # how long to keep copying after the swap (> the sink's re-read)
     delete_old: bool = False
     restart: bool = False
+    allow_fewer: bool = False  # swap even if the new generation has fewer documents
     progress_interval_s: float | None = None  # None: live on a terminal, every 5 s otherwise
 
 
@@ -80,6 +82,7 @@ class ReindexReport:
     resumed_at: int = 0  # of which already done by an earlier invocation
     written: int = 0  # records written by this invocation
     seconds: float = 0.0
+    started_ms: int = 0  # when the run (its first invocation) started
     swapped: bool = False
     interrupted: bool = False
     old_indices: list[str] = field(default_factory=list)
@@ -264,6 +267,37 @@ async def swap(
     return left
 
 
+# Records received this long before the reindex started are surely in Kafka by then.
+CUTOFF_MARGIN_MS = 10 * 60 * 1000
+
+
+async def check_nothing_lost(
+    client: AsyncElasticsearch, names: IndexNames, report: ReindexReport
+) -> None:
+    """Refuse the swap if the new generation holds fewer of the documents received before the
+    reindex started than the old one: Kafka's retention dropped them (the search index keeps
+    months, the topic 30 days), or the new mapping refuses them."""
+    cutoff = report.started_ms - CUTOFF_MARGIN_MS
+    query = {"range": {"received_at": {"lt": cutoff}}}
+    counts = []
+    for generation in (report.source, report.target):
+        total = 0
+        for _, pattern, _ in names.kinds(generation):
+            await client.indices.refresh(index=pattern, allow_no_indices=True)
+            found = await client.count(index=pattern, query=query, allow_no_indices=True)
+            total += int(found["count"])
+        counts.append(total)
+    old, new = counts
+    if new < old:
+        since = datetime.fromtimestamp(cutoff / 1000, tz=UTC).isoformat(timespec="seconds")
+        raise ReindexError(
+            f"refusing to swap: generation {report.target} holds {new:,} documents received "
+            f"before {since}, generation {report.source} {old:,}. Kafka no longer has the "
+            "oldest messages (retention), or the new mapping refused some (see sink.dlq.v1). "
+            "Both generations are kept; run `veilleuse reindex --allow-fewer` to swap anyway."
+        )
+
+
 async def drop_generation(settings: Settings, generation: int) -> list[str]:
     """Delete the indices and templates of a generation that is not the current one."""
     names = IndexNames(settings.sink.elasticsearch_index_prefix)
@@ -291,6 +325,22 @@ async def drop_generation(settings: Settings, generation: int) -> list[str]:
 # -- Kafka side --------------------------------------------------------------------------------
 
 
+async def topic_partitions(settings: Settings, topics: Sequence[str]) -> dict[str, list[int]]:
+    """The partitions of each topic (none: it does not exist)."""
+    admin = clients.admin_client(settings)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await admin.close()
+    found = {
+        t["topic"]: sorted(p["partition"] for p in t["partitions"])
+        for t in described
+        if t.get("error_code", 0) == 0
+    }
+    return {topic: found.get(topic, []) for topic in topics}
+
+
 class ReindexRunner(SinkRunner):
     """The shared runner's batch writing (retries with backoff, DLQ, offset commit after the
     write) over explicitly assigned partitions read up to given end offsets."""
@@ -298,6 +348,7 @@ class ReindexRunner(SinkRunner):
     def __init__(self, settings: Settings, sink: ElasticsearchSink, group_id: str) -> None:
         super().__init__(settings, sink, group_id=group_id, metrics_port=0)
         self.positions: dict[Any, int] = {}
+        self.beginnings: dict[Any, int] = {}
 
     async def open(self) -> list[Any]:
         from aiokafka import TopicPartition
@@ -312,13 +363,11 @@ class ReindexRunner(SinkRunner):
             max_poll_records=self.config.batch_max_records,
         )
         await self.consumer.start()
-        await self.consumer.topics()
         tps = []
-        for topic in self.sink.topics:
-            partitions = self.consumer.partitions_for_topic(topic)
+        for topic, partitions in (await topic_partitions(self.settings, self.sink.topics)).items():
             if not partitions:
                 raise ReindexError(f"topic {topic} does not exist (run `veilleuse setup`)")
-            tps += [TopicPartition(topic, p) for p in sorted(partitions)]
+            tps += [TopicPartition(topic, p) for p in partitions]
         self.consumer.assign(tps)
         beginnings = await self.consumer.beginning_offsets(tps)
         for tp in tps:
@@ -328,7 +377,7 @@ class ReindexRunner(SinkRunner):
             else:
                 self.consumer.seek(tp, committed)
             self.positions[tp] = await self.consumer.position(tp)
-        self.beginnings: dict[Any, int] = beginnings
+        self.beginnings = beginnings
         return tps
 
     async def close(self) -> None:
@@ -481,6 +530,8 @@ async def _copy_and_swap(
     progress.close()
     if not caught_up:
         return False
+    if not options.allow_fewer:
+        await check_nothing_lost(client, names, report)
     left = set(await swap(client, names, source, target))
     for _, pattern, _ in names.kinds(source):
         left |= set(await list_indices(client, pattern))
@@ -506,7 +557,11 @@ async def reindex(
     client = async_client(settings)
     try:
         state = await _plan(client, names, settings, options)
-        report = ReindexReport(source=int(state["source"]), target=int(state["target"]))
+        report = ReindexReport(
+            source=int(state["source"]),
+            target=int(state["target"]),
+            started_ms=int(state["started_ms"]),
+        )
         if state["phase"] == "building":
             await put_templates(
                 client, names, report.target, aliased=False, building=True, overwrite=True

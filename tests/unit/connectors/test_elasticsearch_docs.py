@@ -15,9 +15,12 @@ from connectors.sinks.elasticsearch import (
     MAPPINGS,
     ElasticsearchSink,
     IndexNames,
+    SearchMetrics,
     bulk_body,
+    chunk_by_size,
     classify,
     dlq_action,
+    encode,
     error_text,
     message_action,
     sort_items,
@@ -282,7 +285,7 @@ def test_sort_items_keeps_positions_and_explains_rejections() -> None:
     assert error_text("plain") == "plain"
 
 
-# -- write(): per-item retries with a scripted client ------------------------------------------------
+# -- write(): per-item retries with a scripted client ----------------------------------------
 
 
 @dataclass
@@ -344,8 +347,14 @@ def batch(n: int) -> Batch:
 
 
 async def test_write_retries_only_the_refused_items_and_rejects_mapping_errors() -> None:
-    sink, client = sink_with([[201, 429, 400, 503], [201, 201]])
+    from prometheus_client import CollectorRegistry
+
+    sink, client = sink_with([[201, 429, 400, 503], [201, 409]])
+    registry = CollectorRegistry()
+    sink.metrics = SearchMetrics(registry)
     result = await sink.write(batch(4))
+    assert registry.get_sample_value("veilleuse_sink_elasticsearch_item_retries_total") == 2
+    assert registry.get_sample_value("veilleuse_sink_elasticsearch_duplicates_total") == 1
     assert len(client.requests) == 2
     assert client.requests[1] == [client.requests[0][1], client.requests[0][3]]
     assert [r.record.offset for r in result.rejected] == [2]
@@ -370,10 +379,20 @@ async def test_a_connection_failure_is_store_unavailable() -> None:
 
 
 async def test_large_batches_are_split_into_bounded_bulk_requests() -> None:
-    sink, client = sink_with([[201] * 10 for _ in range(10)])
-    sink.max_bulk_bytes = 3 * (2 * len(record(fall()).value or b"") + 512)
+    sink, client = sink_with([[201] * n for n in (3, 3, 3, 1)])
+    one = len(encode(message_action(record(fall(seq=1)), NAMES, 1)))
+    sink.max_bulk_bytes = 3 * one + 2
     await sink.write(batch(10))
-    assert [len(r) for r in client.requests] == [3, 3, 3, 1]
+    assert sorted(len(r) for r in client.requests) == [1, 3, 3, 3]
+    assert sorted(i for r in client.requests for i in r) == sorted(
+        f"L-000123:{s}:{TS}" for s in range(10)
+    )
+
+
+def test_chunks_by_size_keep_order_and_let_a_big_item_go_alone() -> None:
+    assert chunk_by_size([5, 5, 5, 20, 5], [0, 1, 2, 3, 4], 10) == [[0, 1], [2], [3], [4]]
+    assert chunk_by_size([5, 5, 5], [2, 0], 10) == [[2, 0]]
+    assert chunk_by_size([5], [], 10) == []
 
 
 # -- progress ------------------------------------------------------------------------------------

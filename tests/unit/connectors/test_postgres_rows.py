@@ -16,6 +16,7 @@ from connectors.sinks.postgres import (
     columns,
     daily_keys,
     decode_batch,
+    epoch_ms,
     first_steps,
     json_text,
     lamp_facts,
@@ -269,8 +270,10 @@ def test_first_steps_drop_duplicates_of_a_step() -> None:
 
 def test_columns_and_details_are_ready_for_unnest() -> None:
     hourly = rows(activity_record(1, messages=10), activity_record(2, lamp_id="L-2"))
-    table = columns(hourly, ("lamp_id", "messages"))
-    assert table == [["L-000123", "L-2"], [10, 1500]]
+    table = columns(hourly, ("lamp_id", "messages", "hour_start"))
+    # Times go as epoch milliseconds (the server turns them back into timestamptz).
+    assert table == [["L-000123", "L-2"], [10, 1500], [H0, H0]]
+    assert epoch_ms(at(H0 + 1)) == H0 + 1
     assert json_text({"zone": "floor", "confidence": "0.82"}) == (
         '{"confidence":"0.82","zone":"floor"}'
     )
