@@ -88,15 +88,18 @@ MAPPING_ERRORS = frozenset(
 )
 
 _DATE = {"type": "date", "format": "epoch_millis"}
+# A junk value longer than this is not indexed as a term (it stays in raw), rather than
+# failing the document (Lucene refuses terms over 32 KiB).
+_KEYWORD = {"type": "keyword", "ignore_above": 256}
 
 MAPPINGS: dict[str, Any] = {
     "dynamic": "strict",
     "_meta": {"mapping_version": MAPPING_VERSION, "managed_by": "veilleuse"},
     "properties": {
-        "lamp_id": {"type": "keyword"},
-        "site_id": {"type": "keyword"},
-        "channel": {"type": "keyword"},
-        "type": {"type": "keyword"},
+        "lamp_id": _KEYWORD,
+        "site_id": _KEYWORD,
+        "channel": _KEYWORD,
+        "type": _KEYWORD,
         "seq": {"type": "long"},
         # The lamp's own clock, as sent (only when it is a plausible date).
         "ts": _DATE,
@@ -105,7 +108,7 @@ MAPPINGS: dict[str, Any] = {
         # The time that chose the daily index: ts when usable, else received_at. Sort on this.
         "event_time": _DATE,
         "ts_usable": {"type": "boolean"},
-        "broker": {"type": "keyword"},
+        "broker": _KEYWORD,
         # The payload as an object: every leaf searchable as a keyword (payload.zone: floor).
         "payload": {"type": "flattened", "ignore_above": 1024},
         # The payload as received, full-text searchable.
@@ -114,7 +117,7 @@ MAPPINGS: dict[str, Any] = {
         "truncated": {"type": "boolean"},
         "reject": {
             "properties": {
-                "reason": {"type": "keyword"},
+                "reason": _KEYWORD,
                 "detail": {"type": "text"},
             }
         },
@@ -266,6 +269,11 @@ def _decode_object(value: bytes | None) -> dict[str, Any] | None:
     return parsed if isinstance(parsed, dict) else None
 
 
+def _header_str(record: KafkaRecord, name: str) -> str | None:
+    raw = record.header(name)
+    return raw.decode("utf-8", "replace") or None if raw is not None else None
+
+
 def _key(record: KafkaRecord) -> str | None:
     return record.key.decode("utf-8", "replace") if record.key else None
 
@@ -299,14 +307,13 @@ def message_action(record: KafkaRecord, names: IndexNames, generation: int) -> A
         "received_at": received,
         "event_time": event_time,
         "ts_usable": usable,
-        "broker": _str((record.header("source.broker") or b"").decode("utf-8", "replace")) or None,
+        "broker": _header_str(record, "source.broker"),
         "payload": payload,
         "raw": (record.value or b"").decode("utf-8", "replace"),
         "size": len(record.value or b""),
         "kafka": _kafka(record),
     }
-    if usable and seq is not None and ts is not None and valid_lamp_id(lamp_id):
-        assert lamp_id is not None  # noqa: S101 - valid_lamp_id checked it
+    if usable and seq is not None and ts is not None and lamp_id and valid_lamp_id(lamp_id):
         doc_id = message_id(lamp_id, seq, ts)
     else:
         doc_id = offset_id(record)
@@ -323,8 +330,8 @@ def dlq_action(record: KafkaRecord, names: IndexNames, generation: int) -> Actio
     site_id, topic_lamp, channel = _topic_parts(record)
     fields = _decode_object(record.value) or {}
     received = received_at(record)
-    reason = (record.header("reject.reason") or b"").decode("utf-8", "replace") or None
-    detail = (record.header("reject.detail") or b"").decode("utf-8", "replace") or None
+    reason = _header_str(record, "reject.reason")
+    detail = _header_str(record, "reject.detail")
     source: dict[str, Any] = {
         "lamp_id": topic_lamp or _key(record) or _str(fields.get("lamp_id")),
         "site_id": site_id,
@@ -332,7 +339,7 @@ def dlq_action(record: KafkaRecord, names: IndexNames, generation: int) -> Actio
         "type": _str(fields.get("type")),
         "received_at": received,
         "event_time": received,
-        "broker": (record.header("source.broker") or b"").decode("utf-8", "replace") or None,
+        "broker": _header_str(record, "source.broker"),
         "raw": (record.value or b"").decode("utf-8", "replace"),
         "size": _header_int(record, "payload.size") or len(record.value or b""),
         "truncated": record.header("payload.truncated") == b"true",

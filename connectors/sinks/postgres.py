@@ -829,6 +829,8 @@ class PostgresSink:
                 )
             if rows:
                 rejected += await self._write_rows(conn, cur, rows)
+            # Before the offsets are stored: after that no one rereads these records.
+            await batch.dead_letter(rejected)
             await cur.execute(
                 UPSERT_OFFSETS,
                 (
@@ -838,7 +840,7 @@ class PostgresSink:
                     [batch.offsets[k] for k in keys],
                 ),
             )
-        return WriteResult(rejected)
+        return WriteResult()  # the rejected ones are dead-lettered already
 
     async def _write_rows(
         self,

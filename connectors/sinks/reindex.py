@@ -36,7 +36,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 from connectors.sinks.elasticsearch import (
@@ -82,7 +81,6 @@ class ReindexReport:
     resumed_at: int = 0  # of which already done by an earlier invocation
     written: int = 0  # records written by this invocation
     seconds: float = 0.0
-    started_ms: int = 0  # when the run (its first invocation) started
     swapped: bool = False
     interrupted: bool = False
     old_indices: list[str] = field(default_factory=list)
@@ -267,18 +265,26 @@ async def swap(
     return left
 
 
-# Records received this long before the reindex started are surely in Kafka by then.
-CUTOFF_MARGIN_MS = 10 * 60 * 1000
-
-
 async def check_nothing_lost(
-    client: AsyncElasticsearch, names: IndexNames, report: ReindexReport
+    client: AsyncElasticsearch, names: IndexNames, report: ReindexReport, ends: dict[Any, int]
 ) -> None:
-    """Refuse the swap if the new generation holds fewer of the documents received before the
-    reindex started than the old one: Kafka's retention dropped them (the search index keeps
-    months, the topic 30 days), or the new mapping refuses them."""
-    cutoff = report.started_ms - CUTOFF_MARGIN_MS
-    query = {"range": {"received_at": {"lt": cutoff}}}
+    """Refuse the swap if the new generation holds fewer documents than the old one from the
+    Kafka records below ``ends`` (each document says where it came from): Kafka's retention
+    dropped them (the search index keeps months, the topic 30 days), or the new mapping
+    refuses them."""
+    below = [
+        {
+            "bool": {
+                "filter": [
+                    {"term": {"kafka.topic": tp.topic}},
+                    {"term": {"kafka.partition": tp.partition}},
+                    {"range": {"kafka.offset": {"lt": end}}},
+                ]
+            }
+        }
+        for tp, end in ends.items()
+    ]
+    query = {"bool": {"should": below, "minimum_should_match": 1}}
     counts = []
     for generation in (report.source, report.target):
         total = 0
@@ -289,10 +295,9 @@ async def check_nothing_lost(
         counts.append(total)
     old, new = counts
     if new < old:
-        since = datetime.fromtimestamp(cutoff / 1000, tz=UTC).isoformat(timespec="seconds")
         raise ReindexError(
-            f"refusing to swap: generation {report.target} holds {new:,} documents received "
-            f"before {since}, generation {report.source} {old:,}. Kafka no longer has the "
+            f"refusing to swap: of the Kafka records copied, generation {report.target} holds "
+            f"{new:,} documents and generation {report.source} {old:,}. Kafka no longer has the "
             "oldest messages (retention), or the new mapping refused some (see sink.dlq.v1). "
             "Both generations are kept; run `veilleuse reindex --allow-fewer` to swap anyway."
         )
@@ -531,7 +536,7 @@ async def _copy_and_swap(
     if not caught_up:
         return False
     if not options.allow_fewer:
-        await check_nothing_lost(client, names, report)
+        await check_nothing_lost(client, names, report, targets)
     left = set(await swap(client, names, source, target))
     for _, pattern, _ in names.kinds(source):
         left |= set(await list_indices(client, pattern))
@@ -557,11 +562,7 @@ async def reindex(
     client = async_client(settings)
     try:
         state = await _plan(client, names, settings, options)
-        report = ReindexReport(
-            source=int(state["source"]),
-            target=int(state["target"]),
-            started_ms=int(state["started_ms"]),
-        )
+        report = ReindexReport(source=int(state["source"]), target=int(state["target"]))
         if state["phase"] == "building":
             await put_templates(
                 client, names, report.target, aliased=False, building=True, overwrite=True

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -48,11 +48,20 @@ class Rejected:
     detail: str
 
 
+async def _no_dead_letters(rejected: Sequence[Rejected]) -> None:
+    if rejected:
+        raise SinkError("this batch has no dead-letter channel")
+
+
 @dataclass(frozen=True)
 class Batch:
     records: Sequence[KafkaRecord]
     # (topic, partition) -> the next offset to read once this batch is written
     offsets: dict[tuple[str, int], int]
+    # Sends records to sink.dlq.v1 and waits for Kafka's ack. A sink that stores its offsets
+    # calls it before its own commit: once the offsets are stored, nothing rereads those
+    # records, so their dead letters must already be safe. Others return them instead.
+    dead_letter: Callable[[Sequence[Rejected]], Awaitable[None]] = _no_dead_letters
 
 
 @dataclass
@@ -226,7 +235,7 @@ class SinkRunner:
         for r in records:
             key = (r.topic, r.partition)
             offsets[key] = max(offsets.get(key, 0), r.offset + 1)
-        return Batch(records, offsets)
+        return Batch(records, offsets, self._dead_letter_all)
 
     async def _write(self, batch: Batch, stop: asyncio.Event) -> bool:
         """Write until it succeeds (True) or a stop is asked for while retrying (False);
@@ -265,14 +274,17 @@ class SinkRunner:
             if paused:
                 self.consumer.resume(*self.consumer.assignment())
         self.metrics.write_seconds.observe(time.perf_counter() - started)
-        for rejected in result.rejected:
-            await self._dead_letter(rejected)
+        await self._dead_letter_all(result.rejected)
         await self._commit(batch)
         self.written += len(batch.records)
         self.metrics.records.inc(len(batch.records))
         self.metrics.batch_records.observe(len(batch.records))
         self._update_lag(batch)
         return True
+
+    async def _dead_letter_all(self, rejected: Sequence[Rejected]) -> None:
+        for item in rejected:
+            await self._dead_letter(item)
 
     async def _dead_letter(self, rejected: Rejected) -> None:
         r = rejected.record

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import time
 from collections import Counter
@@ -422,8 +421,6 @@ async def test_a_reindex_interrupted_halfway_and_resumed_swaps_to_the_same_docum
     await assert_exactly(run, names.messages_alias, expected)
     state = await run.es.get(index=names.meta_index, id="reindex")
     assert state["_source"]["phase"] == "done"
-    json.dumps(state["_source"])
-    orjson.dumps(state["_source"])
 
 
 async def test_a_reindex_refuses_to_swap_to_fewer_documents_than_kafka_lost(
