@@ -7,13 +7,17 @@ import asyncio
 import random
 import time
 from collections import defaultdict
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from connectors.sinks.postgres import PostgresSink
+from connectors.sinks.runner import SinkRunner
 from pipeline.topics import ACTIVITY_HOURLY, LAMP_MESSAGES, topic_name
 from schemas import decode, millis
 from tests.integration.agents.conftest import DetectionRun, read_records
+from tests.integration.sinks.test_postgres_sink import read_tables, scratch_database
 
 SITE = "it-home-4"
 HOUR = 3_600_000
@@ -95,8 +99,11 @@ def expected_figures(messages: list[dict[str, Any]], hour_start: int) -> dict[st
 
 
 async def test_hourly_figures_match_an_independent_computation(
-    detection_run: DetectionRun,
+    detection_run: DetectionRun, require: Any
 ) -> None:
+    """Messages → worker → activity.hourly.v1 → PostgreSQL sink → activity_hourly and
+    activity_daily, each compared with what the test computes from the messages it sent."""
+    require("kafka", "postgres")
     run = detection_run
     worker = run.worker("w1", VEILLEUSE_DETECTION__WINDOW_GRACE_S="5")
     await asyncio.to_thread(run.wait_for_assignment, [worker])
@@ -134,3 +141,29 @@ async def test_hourly_figures_match_an_independent_computation(
         expected = expected_figures(messages, hour_start)
         figures["last_seen_at"] = millis(figures["last_seen_at"])
         assert {k: figures[k] for k in expected} == expected, lamp
+
+    # The same figures in PostgreSQL, through the sink.
+    with scratch_database(run.settings) as scoped:
+        sink = PostgresSink(scoped)
+        stop = asyncio.Event()
+        runner = SinkRunner(scoped, sink)
+        task = asyncio.create_task(runner.run(stop))
+        try:
+            deadline = time.monotonic() + 60
+            while runner.written < len(records) and time.monotonic() < deadline:
+                assert not task.done(), task
+                await asyncio.sleep(0.2)
+        finally:
+            stop.set()
+            await task
+        tables = read_tables(scoped.postgres.conninfo())
+    assert len(tables["hourly"]) == len(lamps)
+    for lamp, messages in lamps.items():
+        row = tables["hourly"][(lamp, hour_start)]
+        expected = expected_figures(messages, hour_start)
+        assert {k: row[k] for k in expected} == expected, lamp
+        day = tables["daily"][(lamp, datetime.fromtimestamp(hour_start / 1000, UTC).date())]
+        assert (day["motion_events"], day["falls"]) == (
+            expected["motion_events"],
+            expected["falls"],
+        )
