@@ -137,12 +137,17 @@ def test_a_service_that_dies_at_start_is_named_with_its_log(
 
 
 def test_the_demo_smoke_run_passes(require: Callable[..., None]) -> None:
-    """`make demo`'s main job: a round trip through every service and the connector."""
+    """`make demo`'s main job: a round trip through every service, the connector, and an
+    alarm's whole path (MQTT → connector → Kafka → detection worker → alerts.v1)."""
     require(*manager.SERVICE_NAMES)
     result = veilleuse("smoke")
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert [line.split()[1] for line in lines] == [*manager.SERVICE_NAMES, "connector"]
+    assert [line.split()[1] for line in lines] == [
+        *manager.SERVICE_NAMES,
+        "connector",
+        "detection",
+    ]
     assert all(line.startswith("ok ") for line in lines), lines
 
 
