@@ -56,9 +56,8 @@ def consumer(settings: Settings, *topics: str, group_id: str | None, **extra: An
     )
 
 
-def elasticsearch(settings: Settings) -> Any:
-    from elasticsearch import Elasticsearch
-
+def elasticsearch_options(settings: Settings) -> dict[str, Any]:
+    """Connection and security options of every Elasticsearch client (sync or async)."""
     es = settings.elasticsearch
     options: dict[str, Any] = {"request_timeout": es.request_timeout_s}
     if es.api_key is not None:
@@ -67,7 +66,13 @@ def elasticsearch(settings: Settings) -> Any:
         options["basic_auth"] = (es.username, es.password.get_secret_value())
     if es.ca_certs is not None:
         options["ca_certs"] = str(es.ca_certs)
-    return Elasticsearch(es.url, **options)
+    return options
+
+
+def elasticsearch(settings: Settings) -> Any:
+    from elasticsearch import Elasticsearch
+
+    return Elasticsearch(settings.elasticsearch.url, **elasticsearch_options(settings))
 
 
 def redis(settings: Settings, *, timeout_s: float = 5.0, retries: int = 3) -> Any:

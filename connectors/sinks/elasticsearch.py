@@ -447,19 +447,10 @@ def async_client(settings: Settings) -> AsyncElasticsearch:
     :func:`pipeline.clients.elasticsearch`. Retries are the sink's, not the client's."""
     from elasticsearch import AsyncElasticsearch
 
-    es = settings.elasticsearch
-    options: dict[str, Any] = {
-        "request_timeout": es.request_timeout_s,
-        "max_retries": 0,
-        "retry_on_timeout": False,
-    }
-    if es.api_key is not None:
-        options["api_key"] = es.api_key.get_secret_value()
-    elif es.username and es.password is not None:
-        options["basic_auth"] = (es.username, es.password.get_secret_value())
-    if es.ca_certs is not None:
-        options["ca_certs"] = str(es.ca_certs)
-    return AsyncElasticsearch(es.url, **options)
+    from pipeline.clients import elasticsearch_options
+
+    options = {**elasticsearch_options(settings), "max_retries": 0, "retry_on_timeout": False}
+    return AsyncElasticsearch(settings.elasticsearch.url, **options)
 
 
 def unavailable(exc: BaseException) -> bool:
