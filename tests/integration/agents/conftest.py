@@ -6,11 +6,7 @@ import ast
 import asyncio
 import contextlib
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -25,51 +21,23 @@ from pipeline import clients
 from pipeline.settings import Settings
 from pipeline.topics import ALERTS, LAMP_MESSAGES, ensure_topics, topic_name
 from schemas import decode
+from tests.integration.processes import PipelineProcess
 
 READY = re.compile(r"partitions ready: (\[.*\])")
 REVOKED = re.compile(r"revoked (\[.*\])")
 
 
-@dataclass
-class WorkerProcess:
-    """``veilleuse worker`` as a real process."""
+class WorkerProcess(PipelineProcess):
+    """``veilleuse worker`` as a real process, which says in its log what it processes."""
 
-    instance_id: str
-    env: dict[str, str]
-    log_file: Path
-    proc: subprocess.Popen[bytes] | None = None
-    argv: tuple[str, ...] = ("-m", "pipeline", "worker")
-
-    def start(self) -> None:
-        with self.log_file.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, *self.argv, "--instance-id", self.instance_id],
-                env={**os.environ, **self.env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self, timeout_s: float = 30) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+    @property
+    def instance_id(self) -> str:
+        return self.argv[self.argv.index("--instance-id") + 1]
 
     def ready_partitions(self) -> set[int]:
         """The partitions this worker processes now, from its own log."""
         ready: set[int] = set()
-        if not self.log_file.exists():
-            return ready
-        for line in self.log_file.read_text(errors="replace").splitlines():
+        for line in self.output().splitlines():
             try:
                 msg = json.loads(line).get("msg", "")
             except ValueError:
@@ -80,12 +48,8 @@ class WorkerProcess:
                 ready -= set(ast.literal_eval(match.group(1)))
         return ready
 
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def log_tail(self, lines: int = 30) -> str:
-        text = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        return self.tail(lines)
 
 
 @dataclass
@@ -110,11 +74,11 @@ class DetectionRun:
             "VEILLEUSE_LOG_FORMAT": "json",
         }
 
-    def worker(
-        self, instance_id: str, argv: tuple[str, ...] = ("-m", "pipeline", "worker"), **env: str
-    ) -> WorkerProcess:
+    def worker(self, instance_id: str, script: str | None = None, **env: str) -> WorkerProcess:
+        """A worker; ``script`` runs instead of ``-m pipeline`` (a worker with a fault)."""
         log_file = self.tmp_path / f"{instance_id}-{len(self.workers)}.log"
-        worker = WorkerProcess(instance_id, {**self.env(), **env}, log_file, argv=argv)
+        argv = ["worker", "--instance-id", instance_id]
+        worker = WorkerProcess(argv, {**self.env(), **env}, log_file, script=script)
         self.workers.append(worker)
         worker.start()
         return worker

@@ -43,7 +43,7 @@ async def test_a_worker_that_cannot_commit_exits_non_zero(detection_run: Detecti
     and it resumes from the last commit."""
     run = detection_run
     script = str(Path(__file__).with_name("failing_worker.py"))
-    worker = run.worker("w1", argv=(script, "worker"))
+    worker = run.worker("w1", script=script)
     await asyncio.to_thread(run.wait_for_assignment, [worker])
     async with LampSender(run.settings) as lamps:
         await lamps.send(SITE, "L-1", "button", accessory_id="cord", action="press")

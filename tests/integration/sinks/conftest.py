@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -226,52 +222,6 @@ class EsRun:
                 await admin.delete_topics([topic_name(self.settings, spec) for spec in TOPICS])
         finally:
             await admin.close()
-
-
-@dataclass
-class Process:
-    """A ``python -m pipeline ...`` process with its output in a file."""
-
-    argv: list[str]
-    env: dict[str, str]
-    log_file: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Process:
-        with self.log_file.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline", *self.argv],
-                env={**os.environ, **self.env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        return self
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self, timeout_s: float = 30) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def output(self) -> str:
-        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.output().splitlines()[-lines:])
 
 
 @pytest.fixture

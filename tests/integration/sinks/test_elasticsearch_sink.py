@@ -24,7 +24,8 @@ from pipeline.settings import Settings
 from pipeline.stack import manager
 from pipeline.topics import LAMP_DLQ, LAMP_MESSAGES, SINK_DLQ, topic_name
 from tests.integration.agents.conftest import read_records
-from tests.integration.sinks.conftest import EsRun, Message, Process, fleet_messages
+from tests.integration.processes import PipelineProcess as Process
+from tests.integration.sinks.conftest import EsRun, Message, fleet_messages
 
 pytestmark = pytest.mark.slow
 

@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import re
-import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -44,6 +40,7 @@ from pipeline.topics import (
     topic_name,
 )
 from schemas import MARKER, encode, schema
+from tests.integration.processes import PipelineProcess
 
 HOUR_MS = 3_600_000
 # 2025-11-27 21:00 UTC: six hours cross midnight, so every lamp has two UTC days.
@@ -376,57 +373,13 @@ def free_port() -> int:
 
 
 @dataclass
-class SinkProcess:
-    env: dict[str, str]
-    log_file: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_file.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline", "sink", "postgres"],
-                env={**os.environ, **self.env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self, timeout_s: float = 30) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
-
-    async def wait_for_log(self, pattern: str, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not re.search(pattern, self.log()):
-            assert self.alive(), f"the sink exited:\n{self.log()[-3000:]}"
-            assert time.monotonic() < deadline, f"no {pattern!r} in the log:\n{self.log()[-3000:]}"
-            await asyncio.sleep(0.2)
-
-
-@dataclass
 class SinkRun:
     settings: Settings  # with the run's topic prefix and database
     tmp_path: Path
     producer: Any = None
     end_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     sent: list[Sent] = field(default_factory=list)
-    sinks: list[SinkProcess] = field(default_factory=list)
+    sinks: list[PipelineProcess] = field(default_factory=list)
 
     @property
     def conninfo(self) -> str:
@@ -435,8 +388,9 @@ class SinkRun:
     def topic(self, kind: str) -> str:
         return topic_name(self.settings, ACTIVITY_HOURLY if kind == "activity" else ALERTS)
 
-    def sink(self, **env: str) -> SinkProcess:
-        process = SinkProcess(
+    def sink(self, **env: str) -> PipelineProcess:
+        process = PipelineProcess(
+            ["sink", "postgres"],
             {
                 "VEILLEUSE_KAFKA__TOPIC_PREFIX": self.settings.kafka.topic_prefix,
                 "VEILLEUSE_POSTGRES__DATABASE": self.settings.postgres.database,
@@ -484,11 +438,11 @@ class SinkRun:
         while self.stored_offsets() != self.end_offsets:
             for sink in self.sinks:
                 if sink.proc is not None and sink.proc.poll() not in (None, -9):
-                    raise AssertionError(f"a sink exited:\n{sink.log()[-3000:]}")
+                    raise AssertionError(f"a sink exited:\n{sink.output()[-3000:]}")
             if time.monotonic() > deadline:
                 raise AssertionError(
                     f"offsets {self.stored_offsets()} != {self.end_offsets}:\n"
-                    f"{self.sinks[-1].log()[-3000:]}"
+                    f"{self.sinks[-1].output()[-3000:]}"
                 )
             await asyncio.sleep(0.25)
 
@@ -585,7 +539,7 @@ async def test_the_tables_are_exact_across_a_sigkill(sink_run: SinkRun) -> None:
     producing = asyncio.create_task(produce())
     deadline = time.monotonic() + 60
     while sink_run.written() < len(records) // 4:
-        assert time.monotonic() < deadline, first.log()[-3000:]
+        assert time.monotonic() < deadline, first.output()[-3000:]
         await asyncio.sleep(0.05)
     assert not producing.done(), "the records were all sent before the kill: not mid-run"
     first.kill()
@@ -598,7 +552,7 @@ async def test_the_tables_are_exact_across_a_sigkill(sink_run: SinkRun) -> None:
     sink_run.check()
     assert await sink_run.dead_letters(timeout_s=2) == []
     # The restart resumed from the offsets the database holds.
-    assert re.search(r"resumes from the store's offsets \{\('t", second.log())
+    assert re.search(r"resumes from the store's offsets \{\('t", second.output())
 
 
 def metric(port: int, name: str) -> float:
@@ -638,7 +592,7 @@ async def test_postgres_down_for_60_s_the_sink_backs_off_and_catches_up(
         await asyncio.sleep(25)
         await sink_run.send(records[2 * third :])
         while time.monotonic() - down_at < 60:
-            assert sink.alive(), sink.log()[-3000:]
+            assert sink.alive(), sink.output()[-3000:]
             await asyncio.sleep(1)
         errors_while_down = metric(port, 'veilleuse_sink_postgres_errors_total{kind="unavailable"}')
         assert sink.alive()
