@@ -314,6 +314,74 @@ def sink_postgres(ctx: click.Context) -> None:
     run_sink(settings, PostgresSink(settings), settings.sink.postgres_metrics_port)
 
 
+# -- notifier (rule 10) and its staff directory ---------------------------------------------------
+
+
+@cli.command()
+@click.pass_context
+def notifier(ctx: click.Context) -> None:
+    """Run one notifier replica (alerts.v1 → webhooks, e-mail) until SIGTERM or SIGINT."""
+    from connectors.notifier.service import run_notifier
+    from pipeline.observability import configure_sentry
+
+    settings = _settings(ctx)
+    configure_sentry(settings, "notifier")
+    run_notifier(settings)
+
+
+@cli.group()
+def staff() -> None:
+    """The staff notified of a site's alerts (table staff, see docs/notifier.md)."""
+
+
+@staff.command("add")
+@click.option("--site", required=True, help="The site, e.g. fr-lyon-12.")
+@click.option("--name", required=True, help="Unique per site; named in alert_events.")
+@click.option("--email", help="Notified by e-mail.")
+@click.option("--webhook-url", help="Notified by a signed webhook.")
+@click.option("--on-duty/--off-duty", default=False, help="Notified first (default: off duty).")
+@click.pass_context
+def staff_add(  # noqa: PLR0917 - click passes every option positionally
+    ctx: click.Context,
+    site: str,
+    name: str,
+    email: str | None,
+    webhook_url: str | None,
+    on_duty: bool,
+) -> None:
+    """Add a staff member (or replace the one with this site and name)."""
+    from connectors.notifier import staff as directory
+
+    member = directory.StaffMember(site, name, email, webhook_url, on_duty)
+    directory.add(_settings(ctx).postgres.conninfo(), member)
+    click.echo(f"staff {site}/{name} saved", err=True)
+
+
+@staff.command("remove")
+@click.option("--site", required=True)
+@click.option("--name", required=True)
+@click.pass_context
+def staff_remove(ctx: click.Context, site: str, name: str) -> None:
+    """Remove a staff member."""
+    from connectors.notifier import staff as directory
+
+    if not directory.remove(_settings(ctx).postgres.conninfo(), site, name):
+        raise click.ClickException(f"no staff {site}/{name}")
+    click.echo(f"staff {site}/{name} removed", err=True)
+
+
+@staff.command("list")
+@click.option("--site", help="Only this site.")
+@click.pass_context
+def staff_list(ctx: click.Context, site: str | None) -> None:
+    """The staff directory, as CSV."""
+    from connectors.notifier import staff as directory
+
+    click.echo("site_id,name,email,webhook_url,on_duty")
+    for m in directory.members(_settings(ctx).postgres.conninfo(), site):
+        click.echo(f"{m.site_id},{m.name},{m.email or ''},{m.webhook_url or ''},{m.on_duty}")
+
+
 # -- search (Elasticsearch) ------------------------------------------------------------------------
 
 

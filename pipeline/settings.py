@@ -240,6 +240,94 @@ class SinkSettings(_Section):
     )
 
 
+class NotifierSettings(_Section):
+    """The notifier: rule 10's notifications, re-notifications and escalation
+    (``VEILLEUSE_NOTIFIER__*``, see docs/notifier.md)."""
+
+    group_id: str = Field(
+        "veilleuse-notifier",
+        description="Kafka consumer group of the notifiers (alerts.v1 and alerts.acks.v1).",
+    )
+    renotify_s: float = Field(
+        120, gt=0, description="Rule 10: an unacknowledged alert is notified again this often."
+    )
+    escalate_s: float = Field(
+        240, gt=0, description="Rule 10: after this long unacknowledged, all staff of the site."
+    )
+    autoclose_s: float = Field(
+        300, ge=0, description="Rule 10: an alert closes this long after its resolved record."
+    )
+    notify_severities: tuple[Literal["critical", "warning", "info"], ...] = Field(
+        ("critical", "warning"), description="JSON list: severities that are notified at all."
+    )
+    renotify_severities: tuple[Literal["critical", "warning", "info"], ...] = Field(
+        ("critical",),
+        description="JSON list: severities re-notified and escalated until acknowledged.",
+    )
+    redis_key_prefix: str = Field(
+        "veilleuse:notifier:",
+        description="Prefix of every Redis key of the notifier (its timers and alert states).",
+    )
+    poll_interval_s: float = Field(
+        0.2, gt=0, description="How often the due timers are looked for in Redis."
+    )
+    session_timeout_s: float = Field(
+        10,
+        gt=0,
+        le=60,
+        description="How long a silent replica keeps its partitions of alerts.v1 and "
+        "alerts.acks.v1 (timers do not depend on it).",
+    )
+    lease_s: float = Field(
+        30,
+        gt=0,
+        description="How long a claimed timer is a replica's; a crashed replica's timer is "
+        "claimed again after it. Longer than a send's timeouts.",
+    )
+    retry_s: float = Field(
+        10, gt=0, description="A notification that reached nobody is tried again after this."
+    )
+    claim_batch: int = Field(100, ge=1, description="Timers claimed per poll at most.")
+    state_ttl_s: int = Field(
+        7 * 24 * 3600,
+        ge=60,
+        description="How long a closed alert's state stays in Redis (a replayed record of it "
+        "then notifies nobody).",
+    )
+    webhook_urls: tuple[str, ...] = Field(
+        (),
+        description="JSON list: endpoints (nurse-call integrations) that receive every "
+        "notification, in addition to the staff's own webhook_url.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="Shared secret of the webhooks' HMAC-SHA256 signature (secret); unset: no "
+        "webhook is called.",
+    )
+    webhook_timeout_s: float = Field(10, gt=0, description="Per-request webhook timeout.")
+    smtp_host: str | None = Field(None, description="SMTP relay host; unset: no e-mail.")
+    smtp_port: int = Field(25, ge=1, le=65535, description="SMTP relay port.")
+    smtp_from: str = Field("veilleuse@localhost", description="From: address of the e-mails.")
+    smtp_tls: Literal["none", "starttls", "tls"] = Field(
+        "none", description="none, starttls (upgrade) or tls (implicit TLS, e.g. port 465)."
+    )
+    smtp_user: str | None = Field(None, description="SMTP login user (unset: no login).")
+    smtp_password: SecretStr | None = Field(None, description="SMTP password (secret).")
+    smtp_timeout_s: float = Field(10, gt=0, description="SMTP connection timeout.")
+    metrics_port: int = Field(
+        19105, ge=0, le=65535, description="Prometheus metrics port of a notifier (0: none)."
+    )
+
+    @model_validator(mode="after")
+    def _webhooks_need_a_secret(self) -> NotifierSettings:
+        if self.webhook_urls and self.webhook_secret is None:
+            raise ValueError("notifier.webhook_urls are set but notifier.webhook_secret is not")
+        return self
+
+    def ms(self, seconds: float) -> int:
+        return round(seconds * 1000)
+
+
 class PostgresSettings(_Section):
     """PostgreSQL (``VEILLEUSE_POSTGRES__*``)."""
 
@@ -377,6 +465,7 @@ class Settings(BaseSettings):
     connector: ConnectorSettings = ConnectorSettings()
     detection: DetectionSettings = DetectionSettings()
     sink: SinkSettings = SinkSettings()
+    notifier: NotifierSettings = NotifierSettings()
     postgres: PostgresSettings = PostgresSettings()
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
     redis: RedisSettings = RedisSettings()
