@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+
+import orjson
 
 from agents.detection import PartitionEngine
 from agents.rules import build_rules
@@ -35,6 +37,15 @@ log = logging.getLogger(__name__)
 
 def wall_clock_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _taker(stored: dict[str, bytes]) -> Callable[[str], bytes | None]:
+    """A lamp's stored state, handed out once (the engine keeps it in memory after)."""
+
+    def take(lamp_id: str) -> bytes | None:
+        return stored.pop(lamp_id, None)
+
+    return take
 
 
 class DetectIncidents:
@@ -68,29 +79,42 @@ class DetectIncidents:
 
     # -- partitions ---------------------------------------------------------------------------
 
-    def assign(self, partition: int, stored: Iterable[bytes]) -> None:
-        stored = list(stored)
-        index: dict[str, bytes] = {}
-        engine = PartitionEngine(
-            partition,
-            self.rules,
-            self.config,
-            lambda lamp_id: index.pop(lamp_id, None),
-            self.wall_clock,  # type: ignore[arg-type]
-        )
-        restored = engine.restore(stored)
+    def assign(self, partitions: Sequence[int], stored: Iterable[bytes]) -> None:
+        """New partitions, after recovery: one pass over the table's states (a rebalance
+        reassigns every partition, and a worker may hold 100,000 lamps)."""
+        wanted: dict[int, dict[str, bytes]] = {p: {} for p in partitions}
+        with_deadlines: dict[int, list[bytes]] = {p: [] for p in partitions}
         for data in stored:
-            state = engine.decode_state(data)
-            if state is not None and state.partition == partition:
-                index.setdefault(state.lamp_id, data)
-        self.engines[partition] = engine
-        log.info(
-            "partition %d: %d lamps known, %d with deadlines",
-            partition,
-            len(index),
-            restored,
-            extra={"partition": partition, "component": self.name},
-        )
+            try:
+                head = orjson.loads(data.partition(b"\x00")[0])
+                lamps = wanted.get(head["partition"])
+                if lamps is None:
+                    continue
+                lamps[head["lamp_id"]] = data
+                if head["timers"]:
+                    with_deadlines[head["partition"]].append(data)
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                self.counts["state_unreadable"] += 1
+        for partition in partitions:
+            index = wanted[partition]
+            engine = PartitionEngine(
+                partition,
+                self.rules,
+                self.config,
+                _taker(index),
+                self.wall_clock,  # type: ignore[arg-type]
+            )
+            restored = engine.restore(with_deadlines[partition])
+            for lamp_id in engine.lamps:
+                index.pop(lamp_id, None)
+            self.engines[partition] = engine
+            log.info(
+                "partition %d: %d lamps known, %d with deadlines",
+                partition,
+                len(index) + restored,
+                restored,
+                extra={"partition": partition, "component": self.name},
+            )
 
     def revoke(self, partition: int) -> None:
         engine = self.engines.pop(partition, None)

@@ -30,7 +30,7 @@ import logging
 import socket
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -78,8 +78,8 @@ class BatchAgent(Protocol):
     name: str
     topics: tuple[str, ...]  # co-partitioned inputs; the first drives the partition clock
 
-    def assign(self, partition: int, stored: Iterable[bytes]) -> None:
-        """``partition`` is ours, its table state recovered (``stored``: every value)."""
+    def assign(self, partitions: Sequence[int], stored: Iterable[bytes]) -> None:
+        """``partitions`` are ours, their table state recovered (``stored``: every value)."""
 
     def revoke(self, partition: int) -> None:
         """``partition`` moved away: forget its hot state."""
@@ -328,10 +328,8 @@ class BatchProcessor(Service):
             new = sorted(assigned - self.ready)
             if not new:
                 return
-            values = list(self.table.data.values())
-            for partition in new:
-                self.agent.assign(partition, values)
-                self.ready.add(partition)
+            self.agent.assign(new, list(self.table.data.values()))
+            self.ready.update(new)
         log.info("partitions ready: %s", new, extra={"component": self.agent.name})
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def message(seq: int, kind: str, at_ms: int = T0_MS, **fields: object) -> dict[s
 
 def agent(wall_ms: list[int]) -> DetectIncidents:
     detect = DetectIncidents(SETTINGS, wall_clock=lambda: wall_ms[0])
-    detect.assign(2, [])
+    detect.assign([2], [])
     return detect
 
 
@@ -112,3 +112,21 @@ def test_revoking_a_partition_forgets_its_lamps() -> None:
     detect = agent([T0_MS])
     detect.revoke(2)
     assert detect.engines == {}
+
+
+def test_assign_sorts_the_stored_states_by_partition_and_restores_deadlines() -> None:
+    """One pass over every stored state: each partition gets its lamps, and the lamps with
+    deadlines are scheduled at once (a silent lamp's fall must still fire)."""
+    wall = [T0_MS]
+    first = agent(wall)
+    first.process(2, [record(0, message(0, "fall_suspected", confidence=0.9, zone="floor"))])
+    stored = list(first.take_result().changelog[2].values())
+    other = DetectIncidents(SETTINGS, wall_clock=lambda: wall[0])
+    other.assign([1, 2], [*stored, b"garbage"])
+    assert set(other.engines) == {1, 2}
+    assert other.engines[1].lamps == {}
+    assert "L-1" in other.engines[2].lamps  # loaded: it has a deadline
+    assert other.counts["state_unreadable"] == 1
+    wall[0] = T0_MS + 30_100
+    other.advance(2, wall[0])
+    assert [decode(p.value)[1]["kind"] for p in other.take_result().produce] == ["fall"]
