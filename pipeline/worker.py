@@ -72,8 +72,13 @@ def run_worker(settings: Settings, *, instance_id: str | None = None) -> None:
     if processor.metrics is not None:
         processor.metrics.serve(settings.detection.metrics_port)
     worker: Any = Worker(
-        app, loglevel=settings.log_level, override_logging=False, redirect_stdouts=False
+        app,
+        loglevel=settings.log_level,
+        override_logging=False,
+        redirect_stdouts=False,
+        quiet=True,  # no banner: our logs are JSON lines
     )
+    worker.spinner = None  # faust draws its terminal spinner even into a log file
     configure_logging(settings)
     log.info(
         "worker %s starting (%s)",
