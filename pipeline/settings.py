@@ -233,6 +233,9 @@ class SinkSettings(_Section):
     elasticsearch_metrics_port: int = Field(
         19104, ge=0, le=65535, description="Prometheus port of the Elasticsearch sink (0: none)."
     )
+    postgres_statement_timeout_s: float = Field(
+        60.0, gt=0, description="PostgreSQL sink: longest statement before it is cancelled."
+    )
     elasticsearch_index_prefix: str = Field(
         "lamp-messages",
         pattern=r"^[a-z0-9][a-z0-9_-]*$",

@@ -649,9 +649,12 @@ class PostgresSink:
         *,
         consumer_group: str | None = None,
         migrations_folder: Path = migrations.MIGRATIONS_DIR,
-        statement_timeout_s: float = 60.0,
+        statement_timeout_s: float | None = None,
     ) -> None:
         from psycopg.conninfo import make_conninfo
+
+        if statement_timeout_s is None:
+            statement_timeout_s = settings.sink.postgres_statement_timeout_s
 
         activity, alerts = topic_name(settings, ACTIVITY_HOURLY), topic_name(settings, ALERTS)
         self.topics: tuple[str, ...] = (activity, alerts)
