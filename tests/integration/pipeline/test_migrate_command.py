@@ -75,6 +75,10 @@ def copy_of_the_migrations(tmp_path: Path) -> Path:
     return folder
 
 
+REAL = [m.label for m in migrations.discover()]
+NEXT = f"{migrations.discover()[-1].version + 1:04d}"  # the number after the real ones
+
+
 def test_migrate_applies_every_file_once_and_then_nothing(database: Settings) -> None:
     files = migrations.discover()
     status = veilleuse(database, "migrate", "--status")
@@ -108,17 +112,18 @@ def test_migrate_applies_every_file_once_and_then_nothing(database: Settings) ->
 def test_the_sink_refuses_to_start_while_migrations_are_pending(database: Settings) -> None:
     result = veilleuse(database, "sink", "postgres")
     assert result.returncode == 1
-    assert "migration(s) pending (0001_initial): run `veilleuse migrate`" in result.stderr
+    pending = ", ".join(REAL)
+    assert f"migration(s) pending ({pending}): run `veilleuse migrate`" in result.stderr
     assert database.postgres.database in result.stderr
 
 
 def test_a_modified_applied_migration_is_an_error(database: Settings, tmp_path: Path) -> None:
     folder = copy_of_the_migrations(tmp_path)
     conninfo = database.postgres.conninfo()
-    assert [m.label for m in migrations.migrate(conninfo, folder)] == ["0001_initial"]
+    assert [m.label for m in migrations.migrate(conninfo, folder)] == REAL
     initial = folder / "0001_initial.sql"
     initial.write_text(initial.read_text() + "\nCREATE TABLE sneaked_in (a int);\n")
-    (folder / "0002_next.sql").write_text("CREATE TABLE next_one (a int);\n")
+    (folder / f"{NEXT}_next.sql").write_text("CREATE TABLE next_one (a int);\n")
     with pytest.raises(MigrationError, match=r"modified since \(0001_initial\)"):
         migrations.migrate(conninfo, folder)
     assert "next_one" not in tables(database)  # nothing applied, not even the new one
@@ -138,15 +143,16 @@ def test_a_modified_applied_migration_is_an_error(database: Settings, tmp_path: 
 
 def test_a_failing_migration_applies_nothing_of_itself(database: Settings, tmp_path: Path) -> None:
     folder = copy_of_the_migrations(tmp_path)
-    broken = folder / "0002_broken.sql"
+    broken = folder / f"{NEXT}_broken.sql"
     broken.write_text("CREATE TABLE half_done (a int);\nSELECT * FROM no_such_table;\n")
     conninfo = database.postgres.conninfo()
-    with pytest.raises(MigrationError, match=r"0002_broken\.sql failed"):
+    with pytest.raises(MigrationError, match=rf"{NEXT}_broken\.sql failed"):
         migrations.migrate(conninfo, folder)
-    assert [v for v, _, _ in recorded(database)] == [1]
+    # The real ones before it were applied; nothing of the broken one.
+    assert [v for v, _, _ in recorded(database)] == [m.version for m in migrations.discover()]
     assert "half_done" not in tables(database)
     broken.write_text("CREATE TABLE half_done (a int);\n")
-    assert [m.label for m in migrations.migrate(conninfo, folder)] == ["0002_broken"]
+    assert [m.label for m in migrations.migrate(conninfo, folder)] == [f"{NEXT}_broken"]
     assert "half_done" in tables(database)
 
 
@@ -155,13 +161,18 @@ def test_concurrent_migrate_runs_apply_each_migration_once(
 ) -> None:
     folder = copy_of_the_migrations(tmp_path)
     # A slow second migration: the runs overlap for certain.
-    (folder / "0002_slow.sql").write_text("SELECT pg_sleep(1);\nCREATE TABLE slow_one (a int);\n")
+    (folder / f"{NEXT}_slow.sql").write_text(
+        "SELECT pg_sleep(1);\nCREATE TABLE slow_one (a int);\n"
+    )
     conninfo = database.postgres.conninfo()
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: migrations.migrate(conninfo, folder), range(4)))
     applied = sorted(m.label for result in results for m in result)
-    assert applied == ["0001_initial", "0002_slow"]
-    assert [v for v, _, _ in recorded(database)] == [1, 2]
+    assert applied == sorted([*REAL, f"{NEXT}_slow"])
+    assert [v for v, _, _ in recorded(database)] == [
+        *(m.version for m in migrations.discover()),
+        int(NEXT),
+    ]
 
 
 def test_setup_applies_the_migrations(database: Settings, require: Any) -> None:

@@ -1,0 +1,458 @@
+"""The notifier process: a consumer of alerts.v1 and alerts.acks.v1, and a timer loop.
+
+- **Records** (consumer group ``<topic_prefix><notifier.group_id>``, read_committed): each
+  record's step is written to PostgreSQL, and its timers to Redis, both idempotently, before
+  the offsets are committed (at least once, in effect once).
+- **Timers**: every ``poll_interval_s`` each replica claims the due jobs in Redis
+  (:class:`~connectors.notifier.store.Timers`), sends, records the step, and schedules what
+  follows (:mod:`connectors.notifier.policy`).
+
+See docs/notifier.md for the guarantees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+
+from connectors.notifier.channels import Channel, Delivery, Notification, channels_from_settings
+from connectors.notifier.policy import (
+    AlertState,
+    Clock,
+    SystemClock,
+    Timings,
+    after_notification,
+    close_due_ms,
+    first_notification,
+    should_send,
+)
+from connectors.notifier.store import Claimed, Job, Journal, Step, Timers, alert_row
+from pipeline import clients
+from pipeline.records import KafkaRecord
+from pipeline.settings import Settings
+from pipeline.topics import ALERT_ACKS, ALERTS, topic_name
+from schemas import SchemaError, decode, millis
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "notifier"
+ALERT_SCHEMA = "alert.v1"
+ACK_SCHEMA = "alert_ack.v1"
+
+
+class NotifierMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.records = Counter(
+            "veilleuse_notifier_records", "Records consumed, by schema.", ["schema"], registry=r
+        )
+        self.deliveries = Counter(
+            "veilleuse_notifier_deliveries",
+            "Addresses notified, by channel and outcome (delivered, failed).",
+            ["channel", "outcome"],
+            registry=r,
+        )
+        self.steps = Counter(
+            "veilleuse_notifier_steps", "Steps appended to alert_events.", ["step"], registry=r
+        )
+        self.lost_claims = Counter(
+            "veilleuse_notifier_lost_claims",
+            "Jobs whose lease ran out before they were completed (another replica took them).",
+            registry=r,
+        )
+
+    def serve(self, port: int) -> None:
+        start_http_server(port, addr="0.0.0.0", registry=self.registry)  # noqa: S104
+
+
+def _where(state: AlertState) -> dict[str, Any]:
+    return {"component": COMPONENT, "site_id": state.site_id, "lamp_id": state.lamp_id}
+
+
+class Notifier:
+    """Rule 10's I/O: applies records and runs due timers. ``clock`` is injected for tests."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        timers: Timers,
+        records_journal: Journal,
+        timers_journal: Journal,
+        channels: Sequence[Channel],
+        clock: Clock,
+        metrics: NotifierMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config = settings.notifier
+        self.timings = Timings.from_settings(settings.notifier)
+        self.timers = timers
+        self.records_journal = records_journal
+        self.timers_journal = timers_journal
+        self.channels = list(channels)
+        self.clock = clock
+        self.metrics = metrics or NotifierMetrics()
+
+    # -- records ------------------------------------------------------------------------------
+
+    async def apply(self, record: KafkaRecord) -> None:
+        """One record of alerts.v1 or alerts.acks.v1 (replaying it changes nothing)."""
+        try:
+            writer, data = decode(record.value or b"")
+        except SchemaError as exc:
+            log.warning(
+                "skipping undecodable record %s: %s",
+                record.where(),
+                exc,
+                extra={"component": COMPONENT, "topic": record.topic, "offset": record.offset},
+            )
+            self.metrics.records.labels("undecodable").inc()
+            return
+        self.metrics.records.labels(writer.name).inc()
+        if writer.name == ALERT_SCHEMA:
+            await self._alert(record, data)
+        elif writer.name == ACK_SCHEMA:
+            await self._ack(record, data)
+        else:
+            log.warning(
+                "skipping a %s record on %s",
+                writer.name,
+                record.where(),
+                extra={"component": COMPONENT, "topic": record.topic, "offset": record.offset},
+            )
+
+    async def _alert(self, record: KafkaRecord, data: dict[str, Any]) -> None:
+        emitted_ms = millis(data["emitted_at"])
+        state = AlertState(
+            alert_id=str(data["alert_id"]),
+            kind=str(data["kind"]),
+            severity=str(data["severity"]),
+            site_id=str(data["site_id"]),
+            lamp_id=str(data["lamp_id"]),
+            incident_started_ms=millis(data["incident_started_at"]),
+            raised_ms=emitted_ms,
+        )
+        details = {str(k): str(v) for k, v in (data.get("details") or {}).items()}
+        raised = data["state"] == "raised"
+        step = Step(
+            state.alert_id,
+            "raised" if raised else "resolved",
+            1,
+            emitted_ms,
+            details,
+            record.topic,
+            record.partition,
+            record.offset,
+        )
+        row = alert_row(state, resolved_ms=None if raised else emitted_ms, details=details)
+        if await self.records_journal.alert(row, step) == [True]:
+            self.metrics.steps.labels(step.step).inc()
+        if raised:
+            first = first_notification(state, self.timings)
+            job = (Job("notify", state.alert_id, first.slot), first.due_ms) if first else None
+            new = await asyncio.to_thread(self.timers.raised, state, job)
+            log.info(
+                "alert %s raised (%s, %s)%s",
+                state.alert_id,
+                state.kind,
+                state.severity,
+                "" if new else ", known already",
+                extra=_where(state),
+            )
+            # An acknowledgement read before its alert was recorded now has its row.
+            _, fields = await asyncio.to_thread(self.timers.state, state.alert_id)
+            if "ack_ms" in fields:
+                await self._record_ack(state.alert_id, fields.get("ack_by", ""), fields["ack_ms"])
+        else:
+            due = close_due_ms(emitted_ms, self.timings)
+            await asyncio.to_thread(self.timers.resolved, state.alert_id, emitted_ms, due)
+            log.info(
+                "alert %s resolved (%s); closes at %d",
+                state.alert_id,
+                details.get("reason", "?"),
+                due,
+                extra=_where(state),
+            )
+
+    async def _ack(self, record: KafkaRecord, data: dict[str, Any]) -> None:
+        alert_id = str(data["alert_id"])
+        by = str(data["acknowledged_by"])
+        at_ms = millis(data["acknowledged_at"])
+        await asyncio.to_thread(self.timers.acknowledged, alert_id, by, at_ms)
+        # The first acknowledgement recorded in Redis wins: a replayed or second one is the same.
+        _, fields = await asyncio.to_thread(self.timers.state, alert_id)
+        recorded = await self._record_ack(alert_id, fields.get("ack_by", by), fields["ack_ms"])
+        log.info(
+            "alert %s acknowledged by %s%s",
+            alert_id,
+            by,
+            "" if recorded else " (its alert is not recorded yet)",
+            extra={"component": COMPONENT, "lamp_id": data.get("lamp_id"), "topic": record.topic},
+        )
+
+    async def _record_ack(self, alert_id: str, by: str, at_ms: str) -> bool:
+        step = Step(alert_id, "acknowledged", 1, int(at_ms), {"acknowledged_by": by})
+        (new,) = await self.records_journal.steps(step)
+        if new:
+            self.metrics.steps.labels("acknowledged").inc()
+            return True
+        return await self.records_journal.has_step(alert_id, "acknowledged", 1)
+
+    # -- timers -------------------------------------------------------------------------------
+
+    async def run_due(self) -> int:
+        """Claim the due jobs and run them; how many were claimed."""
+        now = self.clock.now_ms()
+        claimed = await asyncio.to_thread(
+            self.timers.claim, now, self.config.ms(self.config.lease_s), self.config.claim_batch
+        )
+        for job in claimed:
+            if job.job.kind == "notify":
+                await self._notify(job)
+            else:
+                await self._close(job)
+        return len(claimed)
+
+    async def _finish(self, claimed: Claimed, following: tuple[Job, int] | None) -> None:
+        if not await asyncio.to_thread(self.timers.complete, claimed, following):
+            self.metrics.lost_claims.inc()
+            log.warning(
+                "lease of %s ran out before it was completed",
+                claimed.job.member,
+                extra={"component": COMPONENT},
+            )
+
+    async def _notify(self, claimed: Claimed) -> None:
+        job = claimed.job
+        state, _ = await asyncio.to_thread(self.timers.state, job.alert_id)
+        if state is None or not should_send(state):
+            await self._finish(claimed, None)
+            return
+        journal = self.timers_journal
+        if not await journal.has_step(job.alert_id, "notified", job.slot):
+            sent = await self._send(state, job.slot)
+            if not sent:
+                retry = self.clock.now_ms() + self.config.ms(self.config.retry_s)
+                await asyncio.to_thread(self.timers.reschedule, claimed, retry)
+                return
+        following = after_notification(state, job.slot, self.clock.now_ms(), self.timings)
+        await self._finish(
+            claimed,
+            (Job("notify", job.alert_id, following.slot), following.due_ms) if following else None,
+        )
+
+    async def _send(self, state: AlertState, slot: int) -> bool:
+        """Send slot ``slot`` and record it; False: nobody was reached, try again later."""
+        audience = self.timings.audience(slot)
+        escalated = self.timings.escalates(slot)
+        recipients, nobody_on_duty = await self.timers_journal.recipients(state.site_id, audience)
+        notification = Notification(
+            alert_id=state.alert_id,
+            slot=slot,
+            audience=audience,
+            escalated=escalated,
+            kind=state.kind,
+            severity=state.severity,
+            site_id=state.site_id,
+            lamp_id=state.lamp_id,
+            incident_started_ms=state.incident_started_ms,
+            raised_ms=state.raised_ms,
+            recipients=tuple(recipients),
+        )
+        sent_ms = self.clock.now_ms()
+        deliveries: list[Delivery] = []
+        for channel in self.channels:
+            delivery = await channel.send(notification)
+            deliveries.append(delivery)
+            self.metrics.deliveries.labels(channel.name, "delivered").inc(len(delivery.delivered))
+            self.metrics.deliveries.labels(channel.name, "failed").inc(len(delivery.failed))
+            for address, reason in delivery.failed.items():
+                log.error(
+                    "alert %s slot %d: %s to %s failed: %s",
+                    state.alert_id,
+                    slot,
+                    channel.name,
+                    address,
+                    reason,
+                    extra=_where(state),
+                )
+        attempted = any(d.attempted for d in deliveries)
+        if attempted and not any(d.delivered for d in deliveries):
+            return False
+        details: dict[str, Any] = {
+            "slot": slot,
+            "audience": audience.value,
+            "to": [r.name for r in recipients],
+            "through": {d.channel: d.delivered for d in deliveries if d.delivered},
+        }
+        if any(d.failed for d in deliveries):
+            details["failed"] = {d.channel: d.failed for d in deliveries if d.failed}
+        if nobody_on_duty:
+            details["nobody_on_duty"] = True
+        if not attempted:
+            details["reached_nobody"] = True
+            log.error(
+                "alert %s slot %d: no recipient and no channel for site %s",
+                state.alert_id,
+                slot,
+                state.site_id,
+                extra=_where(state),
+            )
+        steps = [Step(state.alert_id, "notified", slot, sent_ms, details)]
+        if escalated:
+            escalation = {"slot": slot, "to": details["to"]}
+            steps.insert(0, Step(state.alert_id, "escalated", 1, sent_ms, escalation))
+        for step, new in zip(steps, await self.timers_journal.steps(*steps), strict=True):
+            if new:
+                self.metrics.steps.labels(step.step).inc()
+        log.info(
+            "alert %s notified (slot %d, %s) to %s",
+            state.alert_id,
+            slot,
+            audience.value,
+            ", ".join(details["to"]) or "nobody",
+            extra=_where(state),
+        )
+        return True
+
+    async def _close(self, claimed: Claimed) -> None:
+        alert_id = claimed.job.alert_id
+        _, fields = await asyncio.to_thread(self.timers.state, alert_id)
+        resolved_ms = fields.get("resolved_ms")
+        closed_ms = (
+            close_due_ms(int(resolved_ms), self.timings) if resolved_ms else self.clock.now_ms()
+        )
+        step = Step(alert_id, "closed", 1, closed_ms, {"after_resolved_s": self.config.autoclose_s})
+        if (await self.timers_journal.steps(step))[0]:
+            self.metrics.steps.labels("closed").inc()
+        await asyncio.to_thread(self.timers.closed, alert_id)
+        await self._finish(claimed, None)
+        log.info("alert %s closed", alert_id, extra={"component": COMPONENT})
+
+    # -- loops --------------------------------------------------------------------------------
+
+    async def timer_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                busy = await self.run_due() >= self.config.claim_batch
+            except Exception:  # a store hiccup must not stop the notifier: retry next poll
+                log.exception("timer poll failed", extra={"component": COMPONENT})
+                await self.timers_journal.close()
+                busy = False
+            if not busy:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.config.poll_interval_s)
+
+    async def record_loop(self, stop: asyncio.Event) -> None:
+        from aiokafka.abc import ConsumerRebalanceListener
+        from aiokafka.errors import CommitFailedError
+
+        topics = [topic_name(self.settings, ALERTS), topic_name(self.settings, ALERT_ACKS)]
+
+        class _Log(ConsumerRebalanceListener):  # type: ignore[misc]
+            async def on_partitions_revoked(self, revoked: Any) -> None:
+                return None
+
+            async def on_partitions_assigned(self, assigned: Any) -> None:
+                names = sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)
+                log.info("notifier assigned %s", names, extra={"component": COMPONENT})
+
+        group = f"{self.settings.kafka.topic_prefix}{self.config.group_id}"
+        consumer = clients.consumer(
+            self.settings,
+            group_id=group,
+            isolation_level="read_committed",
+            session_timeout_ms=self.config.ms(self.config.session_timeout_s),
+            heartbeat_interval_ms=max(100, self.config.ms(self.config.session_timeout_s) // 3),
+        )
+        consumer.subscribe(topics, listener=_Log())
+        await consumer.start()
+        log.info("notifier consuming %s as %s", topics, group, extra={"component": COMPONENT})
+        try:
+            while not stop.is_set():
+                fetched = await consumer.getmany(timeout_ms=200, max_records=500)
+                if not fetched:
+                    continue
+                for tp, messages in fetched.items():
+                    for m in messages:
+                        await self.apply(
+                            KafkaRecord(
+                                tp.topic, tp.partition, m.offset, m.timestamp, m.key, m.value
+                            )
+                        )
+                try:
+                    await consumer.commit()
+                except CommitFailedError as exc:  # a rebalance: the records come again
+                    log.warning(
+                        "commit failed (%s): the records will be applied again, idempotently",
+                        exc,
+                        extra={"component": COMPONENT},
+                    )
+        finally:
+            await consumer.stop()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if self.config.metrics_port:
+            self.metrics.serve(self.config.metrics_port)
+        timers = asyncio.create_task(self.timer_loop(stop))
+        records = asyncio.create_task(self.record_loop(stop))
+        log.info("notifier timers running", extra={"component": COMPONENT})
+        try:
+            done, _ = await asyncio.wait({timers, records}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a failed loop stops the notifier (its supervisor restarts it)
+        finally:
+            stop.set()
+            for task in (timers, records):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            for channel in self.channels:
+                close = getattr(channel, "close", None)
+                if close is not None:
+                    await close()
+            await self.records_journal.close()
+            await self.timers_journal.close()
+
+
+def build(settings: Settings, clock: Clock | None = None) -> Notifier:
+    clock = clock or SystemClock()
+    conninfo = settings.postgres.conninfo()
+    return Notifier(
+        settings,
+        timers=Timers(
+            clients.redis(settings),
+            settings.notifier.redis_key_prefix,
+            settings.notifier.state_ttl_s,
+        ),
+        records_journal=Journal(conninfo),
+        timers_journal=Journal(conninfo),
+        channels=channels_from_settings(settings.notifier, clock),
+        clock=clock,
+    )
+
+
+def run_notifier(settings: Settings) -> None:
+    """Run one notifier replica until SIGTERM or SIGINT."""
+    import signal
+
+    from pipeline import migrations
+
+    problem = migrations.status(settings.postgres.conninfo()).problem()
+    if problem:
+        raise migrations.MigrationError(problem)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await build(settings).run(stop)
+
+    asyncio.run(main())
