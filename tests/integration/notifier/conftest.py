@@ -33,12 +33,13 @@ from connectors.notifier.channels import (
     SignatureError,
     verify_signature,
 )
-from pipeline import clients, migrations
+from pipeline import clients
 from pipeline.settings import Settings
 from pipeline.stack import manager
 from pipeline.topics import ALERT_ACKS, ALERTS, ensure_topics, topic_name
 from schemas import encode, schema
 from tests.conftest import under_ci
+from tests.integration.databases import scratch_database
 from tests.integration.processes import PipelineProcess
 
 SECRET = "integration-test-secret"
@@ -225,19 +226,8 @@ def notifier_database(
 ) -> Iterator[Settings]:
     """A scratch database for the module, migrated (0001 and the staff table of 0002)."""
     _require(stack_status, "kafka", "redis", "postgres")
-    name = f"vt_notifier_{uuid.uuid4().hex[:10]}"
-    admin = settings.postgres.conninfo("postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        scoped = settings.model_copy(
-            update={"postgres": settings.postgres.model_copy(update={"database": name})}
-        )
-        migrations.migrate(scoped.postgres.conninfo())
+    with scratch_database(settings, "notifier") as scoped:
         yield scoped
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")

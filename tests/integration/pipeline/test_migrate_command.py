@@ -20,23 +20,15 @@ from pipeline import clients, migrations
 from pipeline.migrations import MIGRATIONS_DIR, MigrationError
 from pipeline.settings import Settings
 from pipeline.topics import TOPICS, topic_name
+from tests.integration.databases import scratch_database
 
 
 @pytest.fixture
 def database(settings: Settings, require: Any) -> Iterator[Settings]:
     """A new, empty database (no migration applied); dropped afterwards."""
     require("postgres")
-    name = f"vt_migrate_{uuid.uuid4().hex[:10]}"
-    admin = settings.postgres.conninfo("postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield settings.model_copy(
-            update={"postgres": settings.postgres.model_copy(update={"database": name})}
-        )
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(settings, "migrate", migrate=False) as scoped:
+        yield scoped
 
 
 def veilleuse(

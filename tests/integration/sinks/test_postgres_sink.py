@@ -28,7 +28,7 @@ import pytest
 
 from connectors.sinks.postgres import PostgresSink
 from connectors.sinks.runner import Batch, StoreUnavailableError
-from pipeline import clients, migrations
+from pipeline import clients
 from pipeline.records import KafkaRecord
 from pipeline.settings import Settings
 from pipeline.stack import manager
@@ -40,6 +40,7 @@ from pipeline.topics import (
     topic_name,
 )
 from schemas import MARKER, encode, schema
+from tests.integration import databases
 from tests.integration.processes import PipelineProcess
 
 HOUR_MS = 3_600_000
@@ -476,19 +477,8 @@ class SinkRun:
 @contextlib.contextmanager
 def scratch_database(settings: Settings) -> Iterator[Settings]:
     """A new database, migrated; dropped afterwards. Yields the settings that point at it."""
-    name = f"vt_sink_{uuid.uuid4().hex[:10]}"
-    admin = settings.postgres.conninfo("postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        scoped = settings.model_copy(
-            update={"postgres": settings.postgres.model_copy(update={"database": name})}
-        )
-        migrations.migrate(scoped.postgres.conninfo())
+    with databases.scratch_database(settings, "sink") as scoped:
         yield scoped
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
