@@ -388,12 +388,7 @@ class BatchProcessor(Service):
                 self.buffers[tp].extend(messages)
                 self.buffered += len(messages)
                 continue
-            records = [
-                KafkaRecord(
-                    m.topic, partition, m.offset, m.timestamp, m.key, m.value, tuple(m.headers)
-                )
-                for m in messages
-            ]
+            records = [KafkaRecord.of(m) for m in messages]
             agent.process(partition, records)
             offsets[tp] = records[-1].offset + 1
             if tp.topic == agent.topics[0]:

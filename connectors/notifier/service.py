@@ -379,13 +379,9 @@ class Notifier:
                 fetched = await consumer.getmany(timeout_ms=200, max_records=500)
                 if not fetched:
                     continue
-                for tp, messages in fetched.items():
+                for messages in fetched.values():
                     for m in messages:
-                        await self.apply(
-                            KafkaRecord(
-                                tp.topic, tp.partition, m.offset, m.timestamp, m.key, m.value
-                            )
-                        )
+                        await self.apply(KafkaRecord.of(m))
                 try:
                     await consumer.commit()
                 except CommitFailedError as exc:  # a rebalance: the records come again

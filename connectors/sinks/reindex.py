@@ -415,19 +415,9 @@ class ReindexRunner(SinkRunner):
             )
             if not fetched:
                 break
-            for tp, messages in fetched.items():
+            for messages in fetched.values():
                 for m in messages:
-                    records.append(
-                        KafkaRecord(
-                            tp.topic,
-                            tp.partition,
-                            m.offset,
-                            m.timestamp,
-                            m.key,
-                            m.value,
-                            tuple(m.headers or ()),
-                        )
-                    )
+                    records.append(KafkaRecord.of(m))
                     size += len(m.value or b"")
         return records
 

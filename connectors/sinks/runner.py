@@ -213,19 +213,9 @@ class SinkRunner:
             fetched = await self.consumer.getmany(
                 timeout_ms=wait_ms, max_records=config.batch_max_records - len(records)
             )
-            for tp, messages in fetched.items():
+            for messages in fetched.values():
                 for m in messages:
-                    records.append(
-                        KafkaRecord(
-                            tp.topic,
-                            tp.partition,
-                            m.offset,
-                            m.timestamp,
-                            m.key,
-                            m.value,
-                            tuple(m.headers or ()),
-                        )
-                    )
+                    records.append(KafkaRecord.of(m))
                     size += len(m.value or b"")
             if records and first_at is None:
                 first_at = time.monotonic()
