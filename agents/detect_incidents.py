@@ -12,11 +12,13 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import orjson
 
 from agents.detection import PartitionEngine
 from agents.rules import build_rules
+from agents.rules.activity_hourly import ActivityHourlyRule
 from agents.rules.base import Rule
 from pipeline.records import KafkaRecord
 from pipeline.settings import Settings
@@ -120,6 +122,19 @@ class DetectIncidents:
         engine = self.engines.pop(partition, None)
         if engine is not None:
             self.counts.update(engine.counts)
+
+    def live_activity(self, lamp_id: str) -> list[dict[str, Any]] | None:
+        """The lamp's hours not yet emitted on ``activity.hourly.v1`` (None: not held here)."""
+        for engine in self.engines.values():
+            lamp = engine.peek(lamp_id)
+            if lamp is None:
+                continue
+            for rule in self.rules:
+                if isinstance(rule, ActivityHourlyRule):
+                    state = lamp.rules[rule.name]
+                    return rule.open_hours(state, lamp.lamp_id, lamp.site_id)  # type: ignore[arg-type]
+            return []
+        return None
 
     # -- records --------------------------------------------------------------------------
 

@@ -172,6 +172,16 @@ class PartitionEngine:
             self.lamps[lamp_id] = state
         return state
 
+    def peek(self, lamp_id: str) -> LampState | None:
+        """The state of a lamp of this partition, or None when the partition never saw it."""
+        state = self.lamps.get(lamp_id)
+        if state is None:
+            stored = self.load(lamp_id)
+            state = self.decode_state(stored) if stored is not None else None
+            if state is not None:
+                self.lamps[lamp_id] = state
+        return state
+
     def encode_state(self, lamp_id: str) -> bytes:
         """JSON, a NUL byte (JSON never holds one), then the deduplicator's raw array."""
         s = self.lamps[lamp_id]
@@ -303,13 +313,9 @@ class PartitionEngine:
 
     def acknowledge(self, lamp_id: str, alert_id: str, by: str, at_wall_ms: int) -> bool:
         """Staff acknowledged ``alert_id``: the rule that raised it closes the incident."""
-        lamp = self.lamps.get(lamp_id)
+        lamp = self.peek(lamp_id)
         if lamp is None:
-            stored = self.load(lamp_id)
-            lamp = self.decode_state(stored) if stored else None
-            if lamp is None:
-                return False
-            self.lamps[lamp_id] = lamp
+            return False
         ctx = self.contexts.get(lamp_id) or _Context(self, lamp)
         ctx.now = lamp.clock.now(at_wall_ms)
         closed = False

@@ -514,6 +514,7 @@ def worker_env(prefix: str, app_id: str, metrics_port: int = 0) -> dict[str, str
         "VEILLEUSE_KAFKA__TOPIC_PREFIX": prefix,
         "VEILLEUSE_DETECTION__APP_ID": app_id,
         "VEILLEUSE_DETECTION__METRICS_PORT": str(metrics_port),
+        "VEILLEUSE_DETECTION__LIVE_PORT": "0",
         "VEILLEUSE_LOG_FORMAT": "json",
         "VEILLEUSE_LOG_LEVEL": "INFO",
     }

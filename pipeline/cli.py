@@ -464,6 +464,68 @@ def reindex(  # noqa: PLR0917 - click passes every option positionally
         sys.exit(1)
 
 
+# -- the query API and its tokens -----------------------------------------------------------------
+
+
+@cli.command()
+@click.pass_context
+def api(ctx: click.Context) -> None:
+    """Serve the query API (docs/api.md) until SIGTERM or SIGINT."""
+    from api.app import run_api
+    from pipeline.observability import configure_sentry
+
+    settings = _settings(ctx)
+    configure_sentry(settings, "api")
+    run_api(settings)
+
+
+@cli.group()
+def token() -> None:
+    """Bearer tokens of the query API: support (read), staff (own sites), admin."""
+
+
+@token.command("create")
+@click.option("--name", required=True, help="Unique; names the holder in the alert's life.")
+@click.option(
+    "--role",
+    required=True,
+    type=click.Choice(["support", "staff", "admin"]),
+    help="What it may do.",
+)
+@click.option("--site", "sites", multiple=True, help="A site a staff token may see (repeat).")
+@click.pass_context
+def token_create(ctx: click.Context, name: str, role: str, sites: tuple[str, ...]) -> None:
+    """Create a token and print it (shown once: only its hash is kept)."""
+    from api.tokens import create_token
+
+    click.echo(create_token(_settings(ctx).postgres.conninfo(), name, role, sites))
+    click.echo(f"token {name!r} ({role}) created", err=True)
+
+
+@token.command("revoke")
+@click.argument("name")
+@click.pass_context
+def token_revoke(ctx: click.Context, name: str) -> None:
+    """Revoke a token (refused by every API process within api.token_cache_s)."""
+    from api.tokens import revoke_token
+
+    if not revoke_token(_settings(ctx).postgres.conninfo(), name):
+        raise click.ClickException(f"no live token {name!r}")
+    click.echo(f"token {name!r} revoked", err=True)
+
+
+@token.command("list")
+@click.pass_context
+def token_list(ctx: click.Context) -> None:
+    """The tokens, as CSV (never the tokens themselves)."""
+    from api.tokens import list_tokens
+
+    click.echo("name,role,sites,created_at,revoked_at")
+    for t in list_tokens(_settings(ctx).postgres.conninfo()):
+        revoked = t.revoked_at.isoformat() if t.revoked_at else ""
+        click.echo(f"{t.name},{t.role},{' '.join(t.sites)},{t.created_at.isoformat()},{revoked}")
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

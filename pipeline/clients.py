@@ -91,3 +91,27 @@ def redis(settings: Settings, *, timeout_s: float = 5.0, retries: int = 3) -> An
         socket_connect_timeout=timeout_s,
         retry=Retry(ExponentialBackoff(), retries),
     )
+
+
+def async_redis(settings: Settings, *, timeout_s: float = 2.0) -> Any:
+    """An asyncio Redis client that fails fast: its callers degrade rather than wait."""
+    from redis.asyncio import Redis
+
+    r = settings.redis
+    return Redis(
+        host=r.host,
+        port=r.port,
+        db=r.db,
+        password=r.password.get_secret_value() if r.password else None,
+        ssl=r.tls,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+    )
+
+
+def async_elasticsearch(settings: Settings, **extra: Any) -> Any:
+    from elasticsearch import AsyncElasticsearch
+
+    return AsyncElasticsearch(
+        settings.elasticsearch.url, **{**elasticsearch_options(settings), **extra}
+    )

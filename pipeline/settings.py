@@ -208,6 +208,26 @@ class DetectionSettings(_Section):
     metrics_port: int = Field(
         19102, ge=0, le=65535, description="Prometheus metrics port of a worker (0: none)."
     )
+    live_host: str = Field(
+        "127.0.0.1", description="Address of a worker's live-state endpoint (the API calls it)."
+    )
+    live_port: int = Field(
+        19105,
+        ge=0,
+        le=65535,
+        description="Port of a worker's live-state endpoint (open hours' figures); 0: none.",
+    )
+    live_url: str | None = Field(
+        None,
+        description="URL the API uses to reach this worker's live-state endpoint (registered "
+        "in Redis per partition); default http://live_host:live_port.",
+    )
+    live_registration_ttl_s: float = Field(
+        30,
+        gt=0,
+        description="A worker's partition registration expires this long after its "
+        "last refresh (it refreshes every third of it).",
+    )
 
     def ms(self, seconds: float) -> int:
         return round(seconds * 1000)
@@ -387,6 +407,22 @@ class ApiSettings(_Section):
 
     host: str = Field("127.0.0.1", description="Address the API listens on.")
     port: int = Field(18080, ge=1, le=65535, description="Port the API listens on.")
+    public_url: str | None = Field(
+        None,
+        description="How users reach the API (shown by `veilleuse demo`); default http://host:port.",
+    )
+    postgres_pool_size: int = Field(10, ge=1, description="PostgreSQL connections per process.")
+    request_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="Longest wait on a service (PostgreSQL, Elasticsearch, Kafka) per call.",
+    )
+    token_cache_s: float = Field(
+        5.0,
+        ge=0,
+        description="How long a verified token is trusted before it is looked up again (a "
+        "revocation takes effect within this).",
+    )
 
 
 class SentrySettings(_Section):

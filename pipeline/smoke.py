@@ -286,6 +286,7 @@ def _start_worker(prefix: str, env: dict[str, str]) -> tuple[Any, Any]:
             "VEILLEUSE_KAFKA__TOPIC_PREFIX": prefix,
             "VEILLEUSE_DETECTION__APP_ID": f"{prefix}detection",
             "VEILLEUSE_DETECTION__METRICS_PORT": "0",
+            "VEILLEUSE_DETECTION__LIVE_PORT": "0",
             **env,
         },
         stdout=log,

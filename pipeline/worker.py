@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.detect_incidents import DetectIncidents
+from pipeline.live import LiveStateServer
 from pipeline.metrics import WorkerMetrics
 from pipeline.settings import Settings
 from pipeline.streaming import BatchProcessor, StreamingApp, faust_broker_options
@@ -60,6 +61,9 @@ def build_app(
     metrics = WorkerMetrics(agent) if detection.metrics_port else None
     processor = BatchProcessor(app, settings, agent, table, instance_id=instance, metrics=metrics)
     app.add_dependency(processor)
+    if detection.live_port:
+        live = LiveStateServer(settings, agent.live_activity, lambda: sorted(agent.engines))
+        app.add_dependency(live)
     return app, processor
 
 

@@ -111,16 +111,20 @@ class ActivityHourlyRule(Rule[ActivityState]):
         spec = self.spec
         while state.windows and spec.is_closed(state.windows[0][START], ctx.now):
             window = state.windows.pop(0)
-            ctx.emit("activity_hourly", self.figures(window, ctx))
+            ctx.emit("activity_hourly", self.figures(window, ctx.lamp_id, ctx.site_id))
         if state.windows:
             ctx.set_timer(CLOSE, spec.closes_at(state.windows[0][START]))
 
+    def open_hours(self, state: ActivityState, lamp_id: str, site_id: str) -> list[dict[str, Any]]:
+        """The figures so far of the hours not yet emitted (what the query API shows live)."""
+        return [self.figures(window, lamp_id, site_id) for window in state.windows]
+
     @staticmethod
-    def figures(window: list[Any], ctx: RuleContext) -> dict[str, Any]:
+    def figures(window: list[Any], lamp_id: str, site_id: str) -> dict[str, Any]:
         count = window[T_COUNT]
         return {
-            "lamp_id": ctx.lamp_id,
-            "site_id": ctx.site_id,
+            "lamp_id": lamp_id,
+            "site_id": site_id,
             "hour_start": window[START],
             "messages": window[MESSAGES],
             "motion_events": window[MOTION],

@@ -445,12 +445,12 @@ def sort_items(items: Sequence[Mapping[str, Any]]) -> BulkOutcome:
 def async_client(settings: Settings) -> AsyncElasticsearch:
     """An asyncio client, with the same connection and security options as
     :func:`pipeline.clients.elasticsearch`. Retries are the sink's, not the client's."""
-    from elasticsearch import AsyncElasticsearch
+    from pipeline.clients import async_elasticsearch
 
-    from pipeline.clients import elasticsearch_options
-
-    options = {**elasticsearch_options(settings), "max_retries": 0, "retry_on_timeout": False}
-    return AsyncElasticsearch(settings.elasticsearch.url, **options)
+    client: AsyncElasticsearch = async_elasticsearch(
+        settings, max_retries=0, retry_on_timeout=False
+    )
+    return client
 
 
 def unavailable(exc: BaseException) -> bool:

@@ -70,6 +70,7 @@ class DetectionRun:
             "VEILLEUSE_KAFKA__TOPIC_PREFIX": self.prefix,
             "VEILLEUSE_DETECTION__APP_ID": self.app_id,
             "VEILLEUSE_DETECTION__METRICS_PORT": "0",
+            "VEILLEUSE_DETECTION__LIVE_PORT": "0",
             "VEILLEUSE_DETECTION__SESSION_TIMEOUT_S": "6",
             "VEILLEUSE_LOG_FORMAT": "json",
         }

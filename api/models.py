@@ -1,0 +1,168 @@
+"""What the query API answers: the response models, which are also its OpenAPI spec."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, Field
+
+T = TypeVar("T")
+
+AlertState = Literal["raised", "acknowledged", "resolved"]
+Granularity = Literal["hour", "day"]
+
+
+class Problem(BaseModel):
+    """Every 4xx/5xx answer: what went wrong, in words."""
+
+    detail: str
+
+
+class ValidationProblem(Problem):
+    """A 422: ``detail`` says it in words, ``errors`` lists each invalid input."""
+
+    errors: list[dict[str, Any]]
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = Field(
+        None, description="Pass as `cursor` for the next page; null on the last page."
+    )
+
+
+class AlertSummary(BaseModel):
+    alert_id: str
+    kind: str
+    severity: str
+    state: AlertState
+    incident_started_at: datetime
+
+
+class Lamp(BaseModel):
+    lamp_id: str
+    site_id: str
+    last_seen_at: datetime | None = Field(
+        None, description="Latest message time known (live when the worker answered)."
+    )
+    firmware: str | None
+    online: bool
+    open_incidents: list[AlertSummary]
+
+
+class Alert(BaseModel):
+    alert_id: str
+    kind: str
+    severity: str
+    site_id: str
+    lamp_id: str
+    state: AlertState
+    incident_started_at: datetime = Field(description="Event time (the lamp's clock).")
+    raised_at: datetime | None
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    resolved_at: datetime | None
+    details: dict[str, Any]
+
+
+class AlertStep(BaseModel):
+    step: str = Field(description="raised, notified, escalated, acknowledged, resolved, closed…")
+    occurrence: int
+    emitted_at: datetime
+    details: dict[str, Any]
+    recorded_at: datetime
+
+
+class AlertLife(Alert):
+    steps: list[AlertStep]
+
+
+class AckRequest(BaseModel):
+    by: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="Who acknowledged, when a shared integration token acts for a person; "
+        "default: the token's name.",
+    )
+
+
+class Ack(BaseModel):
+    alert_id: str
+    acknowledged_by: str
+    acknowledged_at: datetime
+    first: bool = Field(description="False when the alert had already been acknowledged.")
+
+
+class ActivityPoint(BaseModel):
+    start: datetime = Field(description="Start of the hour or UTC day.")
+    live: bool = Field(description="True: an hour still open, read from the worker's state.")
+    messages: int
+    motion_events: int
+    active_minutes: int
+    minutes_in_bed: int
+    minutes_absent: int
+    bathroom_visits: int
+    falls: int
+    help_requests: int
+    temperature_readings: int
+    temperature_min: float | None
+    temperature_mean: float | None
+    temperature_max: float | None
+    last_seen_at: datetime | None
+
+
+class LiveStatus(BaseModel):
+    available: bool
+    reason: str | None = None
+
+
+class Activity(BaseModel):
+    lamp_id: str
+    site_id: str
+    granularity: Granularity
+    points: list[ActivityPoint]
+    live: LiveStatus
+
+
+class Message(BaseModel):
+    id: str
+    lamp_id: str | None
+    site_id: str | None
+    type: str | None
+    seq: int | None
+    ts: datetime | None
+    received_at: datetime | None
+    event_time: datetime
+    payload: dict[str, Any] | None
+    raw: str
+
+
+class Check(BaseModel):
+    ok: bool
+    detail: str
+    seconds: float
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, Check]
+
+
+class TokenRequest(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    role: Literal["support", "staff", "admin"]
+    sites: list[str] = Field(default_factory=list, max_length=100)
+
+
+class TokenListing(BaseModel):
+    name: str
+    role: str
+    sites: list[str]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class NewToken(TokenListing):
+    token: str = Field(description="The bearer token: shown this once, only its hash is kept.")
