@@ -120,8 +120,17 @@ def of_kind(docs: tuple[Doc, ...], *kinds: str) -> list[Doc]:
     return [doc for doc in docs if doc["kind"] in kinds]
 
 
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job", "CronJob")
+
+
+def pod_template(doc: Doc) -> Doc:
+    spec = doc["spec"]["jobTemplate"]["spec"] if doc["kind"] == "CronJob" else doc["spec"]
+    template: Doc = spec["template"]
+    return template
+
+
 def pod_spec(doc: Doc) -> Doc:
-    spec: Doc = doc["spec"]["template"]["spec"]
+    spec: Doc = pod_template(doc)["spec"]
     return spec
 
 

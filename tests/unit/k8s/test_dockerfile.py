@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 
 from pipeline.migrations import MIGRATIONS_DIR
-from tests.unit.k8s.manifests import ROOT, of_kind, pod_spec, rendered
+from tests.unit.k8s.manifests import ROOT, WORKLOAD_KINDS, of_kind, pod_spec, rendered
 
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -71,7 +71,7 @@ def test_the_entrypoint_is_the_console_script_as_a_fixed_non_root_user() -> None
     uid = user.split(":")[0]
     assert uid.isdigit() and int(uid) != 0
     # The manifests' runAsUser is the image's user (runAsNonRoot checks a numeric uid).
-    for doc in of_kind(rendered("production"), "Deployment", "StatefulSet", "Job"):
+    for doc in of_kind(rendered("production"), *WORKLOAD_KINDS):
         assert pod_spec(doc)["securityContext"]["runAsUser"] == int(uid)
 
 

@@ -10,11 +10,13 @@ import pytest
 from pipeline.topics import TOPICS
 from tests.unit.k8s.manifests import (
     OVERLAYS,
+    WORKLOAD_KINDS,
     Doc,
     crd_schemas,
     labels_match,
     of_kind,
     pod_spec,
+    pod_template,
     rendered,
     validation_errors,
 )
@@ -27,7 +29,7 @@ COMPONENTS = {
     "notifier": "Deployment",
     "api": "Deployment",
 }
-JOBS = ("migrate", "setup-search")
+JOBS = {"migrate": "Job", "setup-search": "Job", "reindex": "CronJob"}
 OPERATOR_KINDS = {
     ("kafka.strimzi.io/v1", "Kafka"),
     ("kafka.strimzi.io/v1", "KafkaNodePool"),
@@ -47,7 +49,7 @@ def component(doc: Doc) -> str:
 
 
 def workloads(docs: tuple[Doc, ...]) -> list[Doc]:
-    return of_kind(docs, "Deployment", "StatefulSet", "Job")
+    return of_kind(docs, *WORKLOAD_KINDS)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -85,7 +87,7 @@ def test_every_operator_kind_has_its_vendored_crd() -> None:
 def test_the_components_and_jobs_are_there(overlay: str) -> None:
     docs = rendered(overlay)
     found = {component(doc): doc["kind"] for doc in workloads(docs)}
-    assert found == {**COMPONENTS, **dict.fromkeys(JOBS, "Job")}
+    assert found == {**COMPONENTS, **JOBS}
     assert not of_kind(docs, "Secret"), "Secrets are referenced, never committed"
 
 
@@ -105,7 +107,7 @@ def test_workloads_are_hardened(overlay: str) -> None:
             for kind in ("requests", "limits"):
                 assert set(container["resources"][kind]) == {"cpu", "memory"}, where
             assert container["image"].startswith("registry.invalid/veilleuse/veilleuse:"), where
-            if doc["kind"] != "Job":
+            if doc["kind"] in ("Deployment", "StatefulSet"):
                 assert "livenessProbe" in container, where
                 assert "readinessProbe" in container, where
 
@@ -116,7 +118,7 @@ def test_each_component_has_a_budget_and_a_network_policy(overlay: str) -> None:
     budgets = of_kind(docs, "PodDisruptionBudget")
     policies = of_kind(docs, "NetworkPolicy")
     for doc in workloads(docs):
-        labels = doc["spec"]["template"]["metadata"]["labels"]
+        labels = pod_template(doc)["metadata"]["labels"]
         name = component(doc)
         own = [p for p in policies if p["spec"]["podSelector"]["matchLabels"] == labels]
         assert own, f"{overlay}: no NetworkPolicy of its own for {name}"
@@ -127,7 +129,7 @@ def test_each_component_has_a_budget_and_a_network_policy(overlay: str) -> None:
             and not p["spec"].get("egress")
             for p in policies
         ), f"{overlay}: {name} is not under the default-deny policy"
-        if doc["kind"] != "Job":
+        if doc["kind"] in ("Deployment", "StatefulSet"):
             assert any(labels_match(b["spec"]["selector"], labels) for b in budgets), name
 
 

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from pipeline.settings import Settings, load_settings, settings_table
-from tests.unit.k8s.manifests import OVERLAYS, Doc, of_kind, pod_spec, rendered
+from tests.unit.k8s.manifests import OVERLAYS, WORKLOAD_KINDS, Doc, of_kind, pod_spec, rendered
 
 # Settings a deployment may leave unset, and why; every other one must be provided.
 MAY_STAY_UNSET = {
@@ -42,6 +42,7 @@ READS = {
     "api": {KAFKA, PG, ES, REDIS, SENTRY},
     "migrate": {PG},
     "setup-search": {ES},
+    "reindex": {KAFKA, ES},
 }
 FORCED = {PG, MQTT}
 # Secrets the cluster's operators or its administrators create; a test stands in for them.
@@ -109,7 +110,7 @@ def test_every_component_gets_every_setting(overlay: str, monkeypatch: pytest.Mo
         and name not in PER_POD
         and name not in secrets
     }
-    for doc in of_kind(docs, "Deployment", "StatefulSet", "Job"):
+    for doc in of_kind(docs, *WORKLOAD_KINDS):
         where = f"{overlay}: {doc['kind']}/{doc['metadata']['name']}"
         name = doc["metadata"]["labels"]["app.kubernetes.io/component"]
         env, from_secrets = container_env(doc, configmap)
