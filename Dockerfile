@@ -33,8 +33,11 @@ RUN target="$(/opt/veilleuse/bin/python -c 'from pipeline.migrations import MIGR
     && /opt/veilleuse/bin/python -m compileall -q /opt/veilleuse/lib
 
 FROM ${PYTHON_IMAGE}
+# HOME on the writable emptyDir the pods mount at /tmp: a library that writes a cache under
+# ~ then fails loudly nowhere.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
     PATH=/opt/veilleuse/bin:$PATH
 # A fixed numeric uid, so that Kubernetes' runAsNonRoot can check it without /etc/passwd.
 RUN groupadd --system --gid 10001 veilleuse \

@@ -181,7 +181,64 @@ def test_the_overlays_differ_where_they_should() -> None:
     assert staging["VEILLEUSE_ENVIRONMENT"] == "staging"
     assert production["VEILLEUSE_ENVIRONMENT"] == "production"
     namespaces = {
-        overlay: {doc["metadata"].get("namespace") for doc in rendered(overlay)}
+        overlay: {
+            doc["metadata"].get("namespace")
+            for doc in rendered(overlay)
+            if doc["kind"] != "Namespace"
+        }
         for overlay in OVERLAYS
     }
     assert namespaces == {"staging": {"veilleuse-staging"}, "production": {"veilleuse"}}
+    for overlay, (name,) in namespaces.items():
+        (namespace,) = of_kind(rendered(overlay), "Namespace")
+        assert namespace["metadata"]["name"] == name
+
+
+# What each component may reach besides DNS and Sentry (HTTPS to public addresses).
+EGRESS = {
+    "connector": {"mqtt", "kafka"},
+    "worker": {"kafka"},
+    "sink-postgres": {"kafka", "postgres"},
+    "sink-elasticsearch": {"kafka", "elasticsearch"},
+    "notifier": {"kafka", "postgres", "redis", "outside:25,443,465,587"},
+    "api": {"kafka", "postgres", "elasticsearch", "redis"},
+    "migrate": {"postgres"},
+    "setup-search": {"elasticsearch"},
+    "reindex": {"kafka", "elasticsearch"},
+}
+STORES = {
+    "strimzi.io/cluster": "kafka",
+    "cnpg.io/cluster": "postgres",
+    "elasticsearch.k8s.elastic.co/cluster-name": "elasticsearch",
+    "app": "redis",
+    "apps.emqx.io/instance": "mqtt",
+}
+
+
+def peer(rule: Doc) -> set[str]:
+    found = set()
+    for target in rule.get("to", []):
+        if "ipBlock" in target:
+            ports = ",".join(str(p["port"]) for p in sorted(rule["ports"], key=lambda p: p["port"]))
+            found.add(f"outside:{ports}")
+        elif "namespaceSelector" in target:
+            found.add("dns")
+        else:
+            labels = target["podSelector"]["matchLabels"]
+            found |= {store for key, store in STORES.items() if key in labels}
+    return found
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_component_reaches_only_its_peers(overlay: str) -> None:
+    docs = rendered(overlay)
+    policies = of_kind(docs, "NetworkPolicy")
+    for doc in workloads(docs):
+        labels = pod_template(doc)["metadata"]["labels"]
+        reached: set[str] = set()
+        for policy in policies:
+            if labels_match(policy["spec"]["podSelector"], labels):
+                for rule in policy["spec"].get("egress", []):
+                    reached |= peer(rule)
+        expected = EGRESS[component(doc)] | {"dns", "outside:443"}
+        assert reached == expected, f"{overlay}: {component(doc)}"
