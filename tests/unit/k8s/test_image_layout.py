@@ -47,7 +47,8 @@ def test_the_wheel_plus_the_dockerfile_step_finds_every_migration(tmp_path: Path
                     copy.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(origin, copy)
     site = tmp_path / "site"
-    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"]
+    # Offline: the build backend is the development environment's (pyproject's dev extra).
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
     build = subprocess.run(
         [*pip, "--target", str(site), str(source)],
         capture_output=True,
