@@ -146,6 +146,15 @@ def test_autoscalers(overlay: str) -> None:
     assert "lag" in worker["metrics"][0]["external"]["metric"]["name"]
     # A worker beyond the partition count would idle.
     assert worker["maxReplicas"] <= int(settings["VEILLEUSE_KAFKA__TOPIC_PARTITIONS"])
+    # What an autoscaler scales has no replicas of its own, which each apply would reset.
+    for scaler in scalers.values():
+        target = scaler["spec"]["scaleTargetRef"]
+        (scaled,) = [
+            doc
+            for doc in of_kind(docs, target["kind"])
+            if doc["metadata"]["name"] == target["name"]
+        ]
+        assert "replicas" not in scaled["spec"], target["name"]
 
 
 def configmap(docs: tuple[Doc, ...]) -> dict[str, str]:
