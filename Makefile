@@ -17,7 +17,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --constraint constraints.txt --editable '.[dev]'
 	@touch $(STAMP)
 
-install: $(STAMP)
+# kustomize renders k8s/ in the manifest tests: built from the Go module proxy (needs go).
+KUSTOMIZE_VERSION := v5.7.1
+$(BIN)/kustomize: | $(STAMP)
+	GOBIN=$(abspath $(BIN)) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+
+install: $(STAMP) $(BIN)/kustomize
 
 stack: install
 	$(BIN)/veilleuse stack up

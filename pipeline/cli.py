@@ -526,6 +526,42 @@ def token_list(ctx: click.Context) -> None:
         click.echo(f"{t.name},{t.role},{' '.join(t.sites)},{t.created_at.isoformat()},{revoked}")
 
 
+# -- search index setup (the Kubernetes setup Job) -----------------------------------------------
+
+
+@cli.command("setup-search")
+@click.pass_context
+def setup_search(ctx: click.Context) -> None:
+    """Create the search index's current generation and its templates (idempotent).
+
+    The Elasticsearch sink does the same when it starts; a deployment runs this once first so
+    that the API can search before the first message arrives. Never changes a mapping.
+    """
+    import asyncio
+
+    from connectors.sinks.elasticsearch import (
+        IndexNames,
+        async_client,
+        current_generation,
+        put_templates,
+    )
+
+    settings = _settings(ctx)
+    names = IndexNames(settings.sink.elasticsearch_index_prefix)
+
+    async def run() -> int:
+        client = async_client(settings)
+        try:
+            generation = await current_generation(client, names)
+            await put_templates(client, names, generation, aliased=True, overwrite=False)
+            return generation
+        finally:
+            await client.close()
+
+    generation = asyncio.run(run())
+    click.echo(f"search index {names.prefix!r}: generation {generation}, templates in place")
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

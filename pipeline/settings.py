@@ -212,7 +212,7 @@ class DetectionSettings(_Section):
         "127.0.0.1", description="Address of a worker's live-state endpoint (the API calls it)."
     )
     live_port: int = Field(
-        19105,
+        19106,
         ge=0,
         le=65535,
         description="Port of a worker's live-state endpoint (open hours' figures); 0: none.",

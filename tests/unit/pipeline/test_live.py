@@ -63,6 +63,6 @@ async def test_the_endpoint_answers_404_for_lamps_held_elsewhere() -> None:
 def test_registration_keys_name_the_app_topic_and_partition() -> None:
     settings = load_settings(kafka={"topic_prefix": "t1."}, detection={"app_id": "det"})
     assert live_key(settings, 4) == "veilleuse:live:det:t1.lamp.messages.v1:4"
-    assert advertised_url(settings) == "http://127.0.0.1:19105"
-    pod = load_settings(detection={"live_url": "http://10.1.2.3:19105"})
-    assert advertised_url(pod) == "http://10.1.2.3:19105"
+    assert advertised_url(settings) == "http://127.0.0.1:19106"
+    pod = load_settings(detection={"live_url": "http://10.1.2.3:19106"})
+    assert advertised_url(pod) == "http://10.1.2.3:19106"

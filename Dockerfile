@@ -1,0 +1,51 @@
+# syntax=docker/dockerfile:1.7
+# One image for every component: the entrypoint is the `veilleuse` console script and the
+# Kubernetes manifests pick the command (connector, worker, sink ..., notifier, api, migrate).
+#
+# Reproducible: the base image is an ARG that CI pins by digest (python:3.11-slim@sha256:...),
+# every Python package comes at the version of constraints.txt, and no build step reads the
+# network except pip. Built and checked offline only by tests/unit/k8s/test_dockerfile.py: the
+# development machines have no Docker engine.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+COPY pyproject.toml constraints.txt README.md ./
+COPY pipeline ./pipeline
+COPY agents ./agents
+COPY connectors ./connectors
+COPY schemas ./schemas
+COPY api ./api
+RUN python -m venv /opt/veilleuse \
+    && /opt/veilleuse/bin/pip install --constraint constraints.txt /src
+# migrations/ is not in the wheel: pipeline.migrations looks for it beside the installed
+# packages, so it goes exactly where that module says, and the build fails if it cannot see it.
+# The root filesystem is read-only at run time: bytecode is compiled here, never at start.
+COPY migrations/postgres ./migrations/postgres
+RUN target="$(/opt/veilleuse/bin/python -c 'from pipeline.migrations import MIGRATIONS_DIR; print(MIGRATIONS_DIR)')" \
+    && mkdir -p "$target" \
+    && cp migrations/postgres/*.sql "$target"/ \
+    && /opt/veilleuse/bin/python -c 'from pipeline.migrations import discover; assert discover()' \
+    && /opt/veilleuse/bin/veilleuse --help >/dev/null \
+    && /opt/veilleuse/bin/python -m compileall -q /opt/veilleuse/lib
+
+FROM ${PYTHON_IMAGE}
+# HOME on the writable emptyDir the pods mount at /tmp: a library that writes a cache under
+# ~ then fails loudly nowhere.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    PATH=/opt/veilleuse/bin:$PATH
+# A fixed numeric uid, so that Kubernetes' runAsNonRoot can check it without /etc/passwd.
+RUN groupadd --system --gid 10001 veilleuse \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin veilleuse
+COPY --from=build /opt/veilleuse /opt/veilleuse
+# Settings come from the environment only: an empty, root-owned working folder has no .env.
+WORKDIR /app
+USER 10001:10001
+ENTRYPOINT ["/opt/veilleuse/bin/veilleuse"]
+CMD ["--help"]

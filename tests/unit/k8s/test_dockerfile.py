@@ -1,0 +1,91 @@
+"""The Dockerfile, checked offline (no Docker engine on the development machines: it is never
+built here). What can be checked without building: its sources, its user, its entrypoint."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import tomllib
+from pathlib import Path
+
+from pipeline.migrations import MIGRATIONS_DIR
+from tests.unit.k8s.manifests import ROOT, WORKLOAD_KINDS, of_kind, pod_spec, rendered
+
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            keyword, _, rest = stripped.partition(" ")
+            out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+def ignored(path: str) -> bool:
+    """Whether .dockerignore keeps `path` out of the build context (last matching rule wins)."""
+    verdict = False
+    for raw in (ROOT / ".dockerignore").read_text().splitlines():
+        rule = raw.strip()
+        if not rule or rule.startswith("#"):
+            continue
+        negate = rule.startswith("!")
+        pattern = rule.lstrip("!").rstrip("/")
+        if fnmatch.fnmatch(path, pattern) or path.startswith(pattern + "/"):
+            verdict = not negate
+    return verdict
+
+
+def test_every_copy_source_exists_and_is_in_the_context() -> None:
+    copies = [rest for keyword, rest in instructions() if keyword == "COPY"]
+    assert copies
+    for rest in copies:
+        if rest.startswith("--from="):
+            continue
+        *sources, _destination = rest.split()
+        for source in sources:
+            assert (ROOT / source).exists(), f"COPY {source}: no such file"
+            assert not ignored(source), f"COPY {source}: excluded by .dockerignore"
+
+
+def test_every_package_is_copied() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = [
+        p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    ]
+    copied = {rest.split()[0] for keyword, rest in instructions() if keyword == "COPY"}
+    assert set(packages) <= copied
+    assert "migrations/postgres" in copied
+
+
+def test_the_entrypoint_is_the_console_script_as_a_fixed_non_root_user() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["veilleuse"] == "pipeline.cli:main"
+    steps = instructions()
+    (entrypoint,) = [rest for keyword, rest in steps if keyword == "ENTRYPOINT"]
+    assert entrypoint == '["/opt/veilleuse/bin/veilleuse"]'
+    (user,) = [rest for keyword, rest in steps if keyword == "USER"]
+    uid = user.split(":")[0]
+    assert uid.isdigit() and int(uid) != 0
+    # The manifests' runAsUser is the image's user (runAsNonRoot checks a numeric uid).
+    for doc in of_kind(rendered("production"), *WORKLOAD_KINDS):
+        assert pod_spec(doc)["securityContext"]["runAsUser"] == int(uid)
+
+
+def test_the_migrations_go_where_pipeline_migrations_finds_them() -> None:
+    # In the image pipeline/ lives in site-packages; the Dockerfile copies the SQL to the path
+    # that module computes there, and its build step fails if discover() then finds nothing.
+    assert MIGRATIONS_DIR.relative_to(Path(__import__("pipeline").__file__).parent.parent) == Path(
+        "migrations/postgres"
+    )
+    text = DOCKERFILE.read_text()
+    assert "from pipeline.migrations import MIGRATIONS_DIR; print(MIGRATIONS_DIR)" in text
+    assert "from pipeline.migrations import discover; assert discover()" in text
+
+
+def test_the_base_image_is_one_argument_for_both_stages() -> None:
+    froms = [rest for keyword, rest in instructions() if keyword == "FROM"]
+    assert froms == ["${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE}"]
