@@ -468,5 +468,8 @@ def main() -> None:
     try:
         cli(standalone_mode=True)
     except VeilleuseError as exc:
+        from pipeline.observability import report_exception
+
+        report_exception(exc)
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
