@@ -95,14 +95,15 @@ def _name_component(component: str) -> None:
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    """Every secret value of the settings (and its URL-quoted form, as in a conninfo or URL)."""
+    """Every secret value of the settings, also as a URL and a libpq conninfo quote it."""
     found: set[str] = set()
 
     def walk(value: Any) -> None:
         if isinstance(value, SecretStr):
             secret = value.get_secret_value()
             if len(secret) >= MIN_SECRET_LENGTH:
-                found.update({secret, quote(secret, safe="")})
+                libpq = secret.replace("\\", "\\\\").replace("'", "\\'")  # in a conninfo
+                found.update({secret, quote(secret, safe=""), libpq})
         elif isinstance(value, BaseModel):
             for name in type(value).model_fields:
                 walk(getattr(value, name))
