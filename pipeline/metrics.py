@@ -111,18 +111,21 @@ class ConsumerLag:
         ``stop`` is set or the task is cancelled. A failed read (Kafka down, a rebalance) keeps
         the last values: Kafka being down is reported by the component's own errors."""
         while stop is None or not stop.is_set():
+            pause = interval_s
             try:
                 ends, positions = await asyncio.wait_for(read(), timeout=max(interval_s, 10.0))
-                self.publish(ends, positions)
+                if not self.publish(ends, positions):
+                    # Nothing assigned yet (a group joining): look again soon.
+                    pause = min(interval_s, 1.0)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - never let a metric stop a component
                 log.debug("consumer lag not read: %s", exc)
             if stop is None:
-                await asyncio.sleep(interval_s)
+                await asyncio.sleep(pause)
             else:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), interval_s)
+                    await asyncio.wait_for(stop.wait(), pause)
 
 
 def aiokafka_offsets(consumer: Any) -> Callable[[], Awaitable[tuple[Offsets, Offsets]]]:
