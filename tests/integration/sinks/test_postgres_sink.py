@@ -691,8 +691,9 @@ async def test_an_unreachable_database_is_a_retriable_error(settings: Settings) 
     await sink.start()  # logs, and checks the schema once the database answers
     topic = sink.topics[0]
     record = kafka_record(topic, 0, activity_records(random.Random(5))[0].record)
-    with pytest.raises(StoreUnavailableError, match="cannot connect"):
+    with pytest.raises(StoreUnavailableError, match="cannot connect") as refused:
         await sink.write(Batch([record], {(topic, 0): 1}))
+    assert refused.value.reason == "connect"  # the label of the sink's error counter
     with pytest.raises(StoreUnavailableError):
         await sink.stored_offsets([(topic, 0)])
     await sink.stop()
