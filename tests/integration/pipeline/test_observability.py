@@ -99,3 +99,26 @@ async def test_a_caught_and_logged_error_reaches_sentry_and_lag_is_served(
     failed = [line for line in lines if line["msg"] == "timer poll failed"]
     assert failed and failed[0]["component"] == "notifier" and failed[0]["level"] == "error"
     assert "ConnectionError" in failed[0]["exc"]
+
+
+def test_an_error_the_cli_turns_into_a_message_is_still_reported(
+    require: Any, settings: Settings, tmp_path: Path
+) -> None:
+    require("postgres")
+    with scratch_database(settings, "obs", migrate=False) as db, sentry_stand_in() as sentry:
+        notifier = PipelineProcess(
+            ["notifier"],
+            {
+                "VEILLEUSE_POSTGRES__DATABASE": db.postgres.database,
+                "VEILLEUSE_SENTRY__DSN": sentry.dsn,
+            },
+            tmp_path / "notifier.log",
+        ).start()
+        assert notifier.proc is not None
+        assert notifier.proc.wait(60) == 1
+        events = sentry.events()
+    assert "error: " in notifier.output() and "pending" in notifier.output()
+    (event,) = events
+    (exception,) = event["exception"]["values"]
+    assert exception["type"] == "MigrationError"
+    assert event["tags"]["component"] == "notifier"
