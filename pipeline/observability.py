@@ -169,7 +169,7 @@ def configure_sentry(settings: Settings, component: str) -> bool:
         environment=settings.environment,
         release=release,
         traces_sample_rate=settings.sentry.traces_sample_rate,
-        server_name=component,
+        # server_name stays the host name (the pod's): the component is a tag.
         # No IP addresses, cookies or request bodies; the secrets of the settings are replaced
         # by value wherever they appear (messages, frames' variables, breadcrumbs).
         send_default_pii=False,

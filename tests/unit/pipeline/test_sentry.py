@@ -79,7 +79,7 @@ def test_a_failing_component_reports_its_exception_with_component_and_environmen
     assert "sentry_key=public" in sentry.envelopes[0].headers["X-Sentry-Auth"]
     assert event["tags"]["component"] == "notifier"
     assert event["environment"] == "staging"
-    assert event["server_name"] == "notifier"
+    assert event["server_name"] == socket.gethostname()  # which replica: the pod's name
     exception = event["exception"]["values"][-1]
     assert exception["type"] == "OperationalError"
     assert exception["module"].startswith("psycopg")
