@@ -41,6 +41,14 @@ def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _lamp_id(record: KafkaRecord) -> str | None:
+    """The record's key, which is its lamp on every lamp topic (None if absent or not text)."""
+    try:
+        return record.key.decode() if record.key else None
+    except UnicodeDecodeError:
+        return None
+
+
 def _taker(stored: dict[str, bytes]) -> Callable[[str], bytes | None]:
     """A lamp's stored state, handed out once (the engine keeps it in memory after)."""
 
@@ -159,7 +167,14 @@ class DetectIncidents:
             log.info(
                 "ack of %s matches no open incident (already closed?)",
                 alert_id,
-                extra={"lamp_id": lamp_id, "topic": record.topic, "offset": record.offset},
+                extra={
+                    "lamp_id": lamp_id,
+                    "alert_id": alert_id,
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                    "component": self.name,
+                },
             )
 
     def advance(self, partition: int, wall_ms: int) -> None:
@@ -183,15 +198,20 @@ class DetectIncidents:
                     alert.lamp_id.encode(),
                     encode(self.alert_schema, alert.as_record()),
                     [("alert.kind", alert.kind.encode()), ("alert.state", alert.state.encode())],
+                    log=(
+                        f"alert {alert.kind} {alert.state} {alert.alert_id}",
+                        {
+                            "lamp_id": alert.lamp_id,
+                            "site_id": alert.site_id,
+                            "alert_id": alert.alert_id,
+                            "kind": alert.kind,
+                            "severity": alert.severity,
+                            "component": self.name,
+                        },
+                    ),
                 )
             )
-            log.info(
-                "alert %s %s %s",
-                alert.kind,
-                alert.state,
-                alert.alert_id,
-                extra={"lamp_id": alert.lamp_id, "site_id": alert.site_id, "component": self.name},
-            )
+            result.alerts.append((alert.kind, alert.severity, alert.state))
         now_ms = self.wall_clock()  # type: ignore[operator]
         for kind, lamp_id, figures in outputs.records:
             topic, writer = self.emitted[kind]
@@ -210,9 +230,11 @@ class DetectIncidents:
                 reason,
                 detail,
                 extra={
+                    "lamp_id": _lamp_id(record),
                     "topic": record.topic,
                     "partition": record.partition,
                     "offset": record.offset,
+                    "reason": reason,
                     "component": self.name,
                 },
             )

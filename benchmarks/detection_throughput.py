@@ -1047,7 +1047,7 @@ def print_metrics(metrics: dict[str, Any]) -> None:
         ("veilleuse_worker_batch_records", "records"),
         ("veilleuse_worker_batch_seconds", "s"),
         ("veilleuse_worker_commit_seconds", "s"),
-        ("veilleuse_deadline_to_alert_seconds", "s"),
+        ("veilleuse_worker_deadline_to_alert_seconds", "s"),
     ):
         count = metrics.get(f"{name}_count", 0.0)
         if not count:

@@ -32,6 +32,7 @@ from connectors.ledger import AckLedger, Delivery
 from connectors.mqtt_asyncio import AsyncioMqtt
 from connectors.validation import Accepted, validate
 from pipeline import clients
+from pipeline.errors import VeilleuseError
 from pipeline.settings import MqttBroker, Settings
 from pipeline.topics import LAMP_DLQ, LAMP_MESSAGES, topic_name
 
@@ -42,6 +43,10 @@ CHANNELS = ("events", "telemetry", "status")
 # 4 KiB) only its head is kept, flagged, so one huge message cannot exceed Kafka's request size
 # and block every acknowledgement behind it.
 DLQ_MAX_PAYLOAD_BYTES = 256 * 1024
+
+
+class ConnectorError(VeilleuseError):
+    """The connector stopped because one of its tasks failed."""
 
 
 class ConnectorMetrics:
@@ -114,6 +119,25 @@ class Envelope:
     delivery: Delivery
     connection: BrokerConnection
     reason: str | None  # None: valid
+
+
+def _log_rejected(envelope: Envelope, metadata: Any) -> None:
+    """The DLQ decision, once Kafka holds the record: where it is, which lamp, why."""
+    headers = dict(envelope.headers)
+    log.info(
+        "rejected %s: %s",
+        envelope.reason,
+        headers.get("reject.detail", b"").decode(errors="replace"),
+        extra={
+            "component": "connector",
+            "lamp_id": envelope.key.decode(errors="replace") if envelope.key else None,
+            "mqtt_topic": headers.get("mqtt.topic", b"").decode(errors="replace"),
+            "topic": metadata.topic,
+            "partition": metadata.partition,
+            "offset": metadata.offset,
+            "reason": envelope.reason,
+        },
+    )
 
 
 class BrokerConnection:
@@ -274,12 +298,6 @@ class MqttSource:
             envelope = Envelope(
                 self.dlq_topic, key, payload, headers, delivery, connection, verdict.reason.value
             )
-            log.info(
-                "rejected %s: %s",
-                verdict.reason.value,
-                verdict.detail,
-                extra={"lamp_id": verdict.lamp_id, "topic": topic, "component": "connector"},
-            )
         self.queue.append(envelope)
         self.queue_ready.set()
         self.in_flight += 1
@@ -366,6 +384,7 @@ class MqttSource:
             envelope.connection.count_produced()
         else:
             self.metrics.rejected.labels(broker, envelope.reason).inc()
+            _log_rejected(envelope, future.result())
         self.metrics.ack_latency.observe((time.time_ns() - envelope.delivery.received_ns) / 1e9)
         self.in_flight -= 1
         self.metrics.in_flight.set(self.in_flight)
@@ -416,8 +435,30 @@ class MqttSource:
             [c.broker.name for c in self.connections],
             self.settings.mqtt.share_group,
         )
+        failures: list[BaseException] = []
+
+        def failed(task: asyncio.Task[None]) -> None:
+            # Nothing awaits these tasks until shutdown: without this, a crashed writer would
+            # leave a connector that reads nothing, reporting nothing.
+            if task.cancelled() or task.exception() is None:
+                return
+            failures.append(task.exception() or RuntimeError())
+            log.error(
+                "connector task %s failed; stopping",
+                task.get_name(),
+                exc_info=task.exception(),
+                extra={"component": "connector"},
+            )
+            stop.set()
+
+        for task in (writer, *sessions):
+            task.add_done_callback(failed)
         await stop.wait()
         await self.shutdown(writer, sessions)
+        if failures:
+            raise ConnectorError(f"connector stopped after a failure: {failures[0]!r}") from (
+                failures[0]
+            )
 
     async def shutdown(
         self, writer: asyncio.Task[None], sessions: list[asyncio.Task[None]]
@@ -450,12 +491,12 @@ def run_connector(settings: Settings) -> None:
     """The ``veilleuse connector`` process: metrics endpoint, signals, run until told to stop."""
     import signal
 
-    from prometheus_client import start_http_server
+    from pipeline.metrics import serve
 
     async def main() -> None:
         registry = CollectorRegistry()
         if settings.connector.metrics_port:
-            start_http_server(settings.connector.metrics_port, addr="127.0.0.1", registry=registry)
+            serve(registry, settings.connector.metrics_port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -443,8 +443,10 @@ def reindex(  # noqa: PLR0917 - click passes every option positionally
     """
     from connectors.sinks.elasticsearch import IndexNames
     from connectors.sinks.reindex import ReindexOptions, run_drop_generation, run_reindex
+    from pipeline.observability import configure_sentry
 
     settings = _settings(ctx)
+    configure_sentry(settings, "reindex")  # a long job, run unattended in a Kubernetes Job
     if drop_generation is not None:
         dropped = run_drop_generation(settings, drop_generation)
         click.echo(f"deleted generation {drop_generation}: {len(dropped)} index(es)")
@@ -566,5 +568,8 @@ def main() -> None:
     try:
         cli(standalone_mode=True)
     except VeilleuseError as exc:
+        from pipeline.observability import report_exception
+
+        report_exception(exc)
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

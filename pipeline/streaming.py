@@ -59,6 +59,9 @@ class Produce:
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    # Logged once the batch committed, with the record's topic, partition and offset added to
+    # the context: (message, extra). An alert is only news once it is visible.
+    log: tuple[str, dict[str, Any]] | None = None
 
 
 @dataclass
@@ -70,6 +73,8 @@ class BatchResult:
     changelog: dict[int, dict[bytes, bytes | None]] = field(default_factory=dict)
     # wall time (ms) of the deadlines whose firing produced outputs in this batch
     deadlines_ms: list[int] = field(default_factory=list)
+    # (kind, severity, state) of each alert in ``produce``, for the metrics
+    alerts: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 class BatchAgent(Protocol):
@@ -291,6 +296,8 @@ class BatchProcessor(Service):
 
     async def on_records(self, tp: TP, records: list[Any]) -> None:
         """A fetch of one partition of our topics (aiokafka records): buffer it."""
+        if self.metrics is not None and records:
+            self.metrics.lag.taken(tp.topic, tp.partition, records[0].offset)
         self.buffers[tp].extend(records)
         self.buffered += len(records)
         self.wakeup.set()
@@ -307,6 +314,8 @@ class BatchProcessor(Service):
                     continue
                 dropped = self.buffers.pop(tp, [])
                 self.buffered -= len(dropped)
+                if self.metrics is not None:
+                    self.metrics.lag.forget([(tp.topic, tp.partition)])
                 self.next_offset.pop(tp, None)
                 if tp.partition in self.ready:
                     self.ready.discard(tp.partition)
@@ -364,10 +373,28 @@ class BatchProcessor(Service):
                     await self._cycle()
                 except Exception as exc:
                     log.exception(
-                        "batch failed; stopping the worker so that its partitions move on"
+                        "batch failed; stopping the worker so that its partitions move on",
+                        extra={"component": self.agent.name},
                     )
                     await self.crash(exc)
                     return
+
+    @Service.task
+    async def _watch_lag(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.lag.watch(self._offsets)
+
+    async def _offsets(self) -> tuple[dict[tuple[str, int], int | None], dict[Any, int | None]]:
+        """End offsets (read_committed: the last stable ones) and positions of our partitions."""
+        consumer = self.app.consumer
+        assigned = [tp for tp in consumer.assignment() if tp.topic in self.agent.topics]
+        if not assigned:
+            return {}, {}
+        ends = await consumer.highwaters(*assigned)
+        positions: dict[Any, int | None] = {}
+        for tp in assigned:
+            positions[tp.topic, tp.partition] = await consumer.position(tp)
+        return {(tp.topic, tp.partition): o for tp, o in ends.items()}, positions
 
     # -- one batch -------------------------------------------------------------------------
 
@@ -403,6 +430,12 @@ class BatchProcessor(Service):
         result = agent.take_result()
         if offsets or result.produce or any(result.changelog.values()):
             await self._commit(result, offsets)
+        if self.metrics is not None:
+            for tp in offsets:
+                waiting = self.buffers.get(tp)
+                self.metrics.lag.finished(
+                    tp.topic, tp.partition, waiting[0].offset if waiting else None
+                )
         elapsed = time.perf_counter() - started
         self.batches += 1
         if self.metrics is not None:
@@ -455,9 +488,14 @@ class BatchProcessor(Service):
         changelog_topic = self.table.changelog_topic.get_topic_name()
         began = time.perf_counter()
         await producer.begin_transaction()
+        logged: list[tuple[Produce, asyncio.Future[Any]]] = []
         try:
             for item in result.produce:
-                await producer.send(item.topic, item.value, key=item.key, headers=item.headers)
+                sent = await producer.send(
+                    item.topic, item.value, key=item.key, headers=item.headers
+                )
+                if item.log is not None:
+                    logged.append((item, sent))
             for partition, items in result.changelog.items():
                 await self._send_changelog(changelog_topic, partition, items)
             if offsets:
@@ -483,3 +521,20 @@ class BatchProcessor(Service):
                     data[key] = value
         if self.metrics is not None:
             self.metrics.observe_commit(time.perf_counter() - began, result)
+        await _log_committed(logged)
+
+
+async def _log_committed(logged: Sequence[tuple[Produce, asyncio.Future[Any]]]) -> None:
+    """Log the records that asked for it, where Kafka put them."""
+    for item, sent in logged:
+        message, context = item.log or ("", {})
+        metadata = await sent  # resolved: the transaction committed
+        log.info(
+            message,
+            extra={
+                **context,
+                "topic": metadata.topic,
+                "partition": metadata.partition,
+                "offset": metadata.offset,
+            },
+        )

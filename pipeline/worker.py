@@ -83,7 +83,7 @@ def run_worker(settings: Settings, *, instance_id: str | None = None) -> None:
         quiet=True,  # no banner: our logs are JSON lines
     )
     worker.spinner = None  # faust draws its terminal spinner even into a log file
-    configure_logging(settings)
+    configure_logging(settings, "worker")
     log.info(
         "worker %s starting (%s)",
         processor.instance_id,

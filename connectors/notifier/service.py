@@ -18,7 +18,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client import CollectorRegistry, Counter
 
 from connectors.notifier.channels import Channel, Delivery, Notification, channels_from_settings
 from connectors.notifier.policy import (
@@ -33,6 +33,7 @@ from connectors.notifier.policy import (
 )
 from connectors.notifier.store import Claimed, Job, Journal, Step, Timers, alert_row
 from pipeline import clients
+from pipeline.metrics import ConsumerLag, aiokafka_offsets, serve
 from pipeline.records import KafkaRecord
 from pipeline.settings import Settings
 from pipeline.topics import ALERT_ACKS, ALERTS, topic_name
@@ -66,13 +67,32 @@ class NotifierMetrics:
             "Jobs whose lease ran out before they were completed (another replica took them).",
             registry=r,
         )
+        self.alerts = Counter(
+            "veilleuse_notifier_alerts",
+            "Alert records read from alerts.v1, by kind, severity and state (raised, resolved).",
+            ["kind", "severity", "state"],
+            registry=r,
+        )
+        self.lag = ConsumerLag("notifier", r)
 
     def serve(self, port: int) -> None:
-        start_http_server(port, addr="0.0.0.0", registry=self.registry)  # noqa: S104
+        serve(self.registry, port)
 
 
-def _where(state: AlertState) -> dict[str, Any]:
-    return {"component": COMPONENT, "site_id": state.site_id, "lamp_id": state.lamp_id}
+def _where(state: AlertState, record: KafkaRecord | None = None) -> dict[str, Any]:
+    where: dict[str, Any] = {
+        "component": COMPONENT,
+        "site_id": state.site_id,
+        "lamp_id": state.lamp_id,
+        "alert_id": state.alert_id,
+    }
+    if record is not None:
+        where.update(_at(record))
+    return where
+
+
+def _at(record: KafkaRecord) -> dict[str, Any]:
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
 
 
 class Notifier:
@@ -110,7 +130,7 @@ class Notifier:
                 "skipping undecodable record %s: %s",
                 record.where(),
                 exc,
-                extra={"component": COMPONENT, "topic": record.topic, "offset": record.offset},
+                extra={"component": COMPONENT, **_at(record)},
             )
             self.metrics.records.labels("undecodable").inc()
             return
@@ -124,7 +144,7 @@ class Notifier:
                 "skipping a %s record on %s",
                 writer.name,
                 record.where(),
-                extra={"component": COMPONENT, "topic": record.topic, "offset": record.offset},
+                extra={"component": COMPONENT, **_at(record)},
             )
 
     async def _alert(self, record: KafkaRecord, data: dict[str, Any]) -> None:
@@ -140,6 +160,7 @@ class Notifier:
         )
         details = {str(k): str(v) for k, v in (data.get("details") or {}).items()}
         raised = data["state"] == "raised"
+        self.metrics.alerts.labels(state.kind, state.severity, str(data["state"])).inc()
         step = Step(
             state.alert_id,
             "raised" if raised else "resolved",
@@ -163,7 +184,7 @@ class Notifier:
                 state.kind,
                 state.severity,
                 "" if new else ", known already",
-                extra=_where(state),
+                extra=_where(state, record),
             )
             # An acknowledgement read before its alert was recorded now has its row.
             _, fields = await asyncio.to_thread(self.timers.state, state.alert_id)
@@ -177,7 +198,7 @@ class Notifier:
                 state.alert_id,
                 details.get("reason", "?"),
                 due,
-                extra=_where(state),
+                extra=_where(state, record),
             )
 
     async def _ack(self, record: KafkaRecord, data: dict[str, Any]) -> None:
@@ -193,7 +214,12 @@ class Notifier:
             alert_id,
             by,
             "" if recorded else " (its alert is not recorded yet)",
-            extra={"component": COMPONENT, "lamp_id": data.get("lamp_id"), "topic": record.topic},
+            extra={
+                "component": COMPONENT,
+                "lamp_id": data.get("lamp_id"),
+                "alert_id": alert_id,
+                **_at(record),
+            },
         )
 
     async def _record_ack(self, alert_id: str, by: str, at_ms: str) -> bool:
@@ -333,7 +359,7 @@ class Notifier:
             self.metrics.steps.labels("closed").inc()
         await asyncio.to_thread(self.timers.closed, alert_id)
         await self._finish(claimed, None)
-        log.info("alert %s closed", alert_id, extra={"component": COMPONENT})
+        log.info("alert %s closed", alert_id, extra={"component": COMPONENT, "alert_id": alert_id})
 
     # -- loops --------------------------------------------------------------------------------
 
@@ -357,12 +383,13 @@ class Notifier:
 
         class _Log(ConsumerRebalanceListener):  # type: ignore[misc]
             async def on_partitions_revoked(self, revoked: Any) -> None:
-                return None
+                lag.forget((tp.topic, tp.partition) for tp in revoked)
 
             async def on_partitions_assigned(self, assigned: Any) -> None:
                 names = sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)
                 log.info("notifier assigned %s", names, extra={"component": COMPONENT})
 
+        lag = self.metrics.lag
         group = f"{self.settings.kafka.topic_prefix}{self.config.group_id}"
         consumer = clients.consumer(
             self.settings,
@@ -374,11 +401,15 @@ class Notifier:
         consumer.subscribe(topics, listener=_Log())
         await consumer.start()
         log.info("notifier consuming %s as %s", topics, group, extra={"component": COMPONENT})
+        watching = asyncio.create_task(lag.watch(aiokafka_offsets(consumer), stop))
         try:
             while not stop.is_set():
                 fetched = await consumer.getmany(timeout_ms=200, max_records=500)
                 if not fetched:
                     continue
+                for tp, messages in fetched.items():
+                    if messages:
+                        lag.taken(tp.topic, tp.partition, messages[0].offset)
                 for messages in fetched.values():
                     for m in messages:
                         await self.apply(KafkaRecord.of(m))
@@ -390,7 +421,11 @@ class Notifier:
                         exc,
                         extra={"component": COMPONENT},
                     )
+                for tp in fetched:
+                    lag.finished(tp.topic, tp.partition)
         finally:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
             await consumer.stop()
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -453,6 +453,21 @@ def async_client(settings: Settings) -> AsyncElasticsearch:
     return client
 
 
+def unavailable_reason(exc: BaseException) -> str:
+    """The error counter's reason for an exception :func:`unavailable` accepted."""
+    from elastic_transport import ConnectionError as TransportConnectionError
+    from elastic_transport import ConnectionTimeout
+    from elasticsearch import ApiError
+
+    if isinstance(exc, ApiError):
+        return {408: "timeout", 429: "overloaded"}.get(exc.status_code, "unavailable")
+    if isinstance(exc, ConnectionTimeout | asyncio.TimeoutError):
+        return "timeout"
+    if isinstance(exc, TransportConnectionError | OSError):
+        return "connect"
+    return "unavailable"
+
+
 def unavailable(exc: BaseException) -> bool:
     """Whether an exception of the client means "the store is down or overloaded"."""
     from elastic_transport import TransportError
@@ -709,7 +724,9 @@ class ElasticsearchSink:
                 self._templates_ready.add(generation)
         except Exception as exc:
             if unavailable(exc):
-                raise StoreUnavailableError(f"elasticsearch: {_short(exc)}") from exc
+                raise StoreUnavailableError(
+                    f"elasticsearch: {_short(exc)}", reason=unavailable_reason(exc)
+                ) from exc
             raise
         if generation != self.generation:
             log.info(
@@ -752,7 +769,8 @@ class ElasticsearchSink:
             for chunk, outcome in zip(chunks, outcomes, strict=True):
                 if outcome.items != len(chunk):
                     raise StoreUnavailableError(
-                        f"bulk answered {outcome.items} items for {len(chunk)} documents"
+                        f"bulk answered {outcome.items} items for {len(chunk)} documents",
+                        reason="bad_answer",
                     )
                 retry.extend(chunk[p] for p in outcome.retry)
                 if self.metrics is not None and outcome.duplicates:
@@ -778,6 +796,7 @@ class ElasticsearchSink:
                     last_error[:300],
                     wait,
                     extra={
+                        "component": "sink-elasticsearch",
                         "topic": first.topic,
                         "partition": first.partition,
                         "offset": first.offset,
@@ -787,7 +806,8 @@ class ElasticsearchSink:
                 delay *= 2
         raise StoreUnavailableError(
             f"{len(pending)} documents still refused after {self.item_retries + 1} attempts "
-            f"({last_error[:300]})"
+            f"({last_error[:300]})",
+            reason="overloaded",
         )
 
     async def _bulk_all(self, bodies: list[bytes]) -> list[BulkOutcome]:
@@ -815,7 +835,9 @@ class ElasticsearchSink:
             )
         except Exception as exc:
             if unavailable(exc):
-                raise StoreUnavailableError(f"elasticsearch bulk: {_short(exc)}") from exc
+                raise StoreUnavailableError(
+                    f"elasticsearch bulk: {_short(exc)}", reason=unavailable_reason(exc)
+                ) from exc
             raise SinkError(f"elasticsearch bulk refused: {_short(exc)}") from exc
         answer = response.body
         items = answer.get("items", [])
@@ -838,7 +860,9 @@ class ElasticsearchSink:
                     raise SinkError(f"creating index {index}: {_short(exc)}") from exc
             except Exception as exc:
                 if unavailable(exc):
-                    raise StoreUnavailableError(f"creating index {index}: {_short(exc)}") from exc
+                    raise StoreUnavailableError(
+                        f"creating index {index}: {_short(exc)}", reason=unavailable_reason(exc)
+                    ) from exc
                 raise
             self._indices.add(index)
 

@@ -711,7 +711,9 @@ class PostgresSink:
         try:
             conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
         except RETRIABLE as exc:
-            raise StoreUnavailableError(f"cannot connect to PostgreSQL: {exc}") from exc
+            raise StoreUnavailableError(
+                f"cannot connect to PostgreSQL: {exc}", reason="connect"
+            ) from exc
         try:
             if not self._schema_checked:
                 await self._check_schema(conn)
@@ -796,7 +798,7 @@ class PostgresSink:
         except TimeoutError as exc:
             await self._drop()
             raise StoreUnavailableError(
-                f"PostgreSQL did not answer within {self.write_timeout_s:.0f} s"
+                f"PostgreSQL did not answer within {self.write_timeout_s:.0f} s", reason="timeout"
             ) from exc
         except RETRIABLE as exc:
             await self._drop()

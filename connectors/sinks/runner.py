@@ -36,7 +36,15 @@ class SinkError(VeilleuseError):
 
 
 class StoreUnavailableError(SinkError):
-    """The store is down, overloaded or timed out: the same batch is retried later."""
+    """The store is down, overloaded or timed out: the same batch is retried later.
+
+    ``reason`` labels the sink's error counter: ``connect``, ``timeout``, ``overloaded``,
+    ``unavailable``…
+    """
+
+    def __init__(self, message: str, *, reason: str = "unavailable") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,14 @@ class Rejected:
     record: KafkaRecord
     reason: str
     detail: str
+
+
+def _lamp_id(record: KafkaRecord) -> str | None:
+    """The record's key: its lamp on the lamp topics and alerts.v1 (None if absent or binary)."""
+    try:
+        return record.key.decode() if record.key else None
+    except UnicodeDecodeError:
+        return None
 
 
 async def _no_dead_letters(rejected: Sequence[Rejected]) -> None:
@@ -97,11 +113,13 @@ class Sink(Protocol):
 
 class SinkMetrics:
     def __init__(self, name: str) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        from pipeline.metrics import ConsumerLag
 
         self.registry = r = CollectorRegistry()
         prefix = f"veilleuse_sink_{name}"
-        self.records = Counter(f"{prefix}_records", "Records written.", registry=r)
+        self.records = Counter(f"{prefix}_records", "Records written (events/s).", registry=r)
         self.batch_records = Histogram(
             f"{prefix}_batch_records",
             "Records per batch.",
@@ -112,22 +130,23 @@ class SinkMetrics:
             f"{prefix}_write_seconds", "Time of a successful write.", registry=r
         )
         self.errors = Counter(
-            f"{prefix}_errors", "Failed write attempts, by kind.", ["kind"], registry=r
-        )
-        self.rejected = Counter(
-            f"{prefix}_rejected", "Records refused for good, by reason.", ["reason"], registry=r
-        )
-        self.lag = Gauge(
-            f"{prefix}_lag",
-            "Records not yet written, by partition.",
-            ["topic", "partition"],
+            f"{prefix}_errors",
+            "Failed writes, by kind (unavailable: retried; fatal: the sink stopped) and reason.",
+            ["kind", "reason"],
             registry=r,
         )
+        self.rejected = Counter(
+            f"{prefix}_rejected",
+            "Records refused for good (sent to sink.dlq.v1), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.lag = ConsumerLag(f"sink_{name}", r)
 
     def serve(self, port: int) -> None:
-        from prometheus_client import start_http_server
+        from pipeline.metrics import serve
 
-        start_http_server(port, addr="0.0.0.0", registry=self.registry)  # noqa: S104
+        serve(self.registry, port)
 
 
 class SinkRunner:
@@ -153,11 +172,13 @@ class SinkRunner:
     async def run(self, stop: asyncio.Event) -> None:
         from aiokafka.abc import ConsumerRebalanceListener
 
+        from pipeline.metrics import aiokafka_offsets
+
         runner = self
 
         class _Seek(ConsumerRebalanceListener):  # type: ignore[misc]
             async def on_partitions_revoked(self, revoked: Any) -> None:
-                return None
+                runner.metrics.lag.forget((tp.topic, tp.partition) for tp in revoked)
 
             async def on_partitions_assigned(self, assigned: Any) -> None:
                 await runner._seek_to_stored(assigned)
@@ -175,13 +196,26 @@ class SinkRunner:
         )
         self.consumer.subscribe(list(self.sink.topics), listener=_Seek())
         await self.consumer.start()
-        log.info("sink %s consuming %s as %s", self.sink.name, self.sink.topics, self.group_id)
+        log.info(
+            "sink %s consuming %s as %s",
+            self.sink.name,
+            self.sink.topics,
+            self.group_id,
+            extra={"component": f"sink-{self.sink.name}"},
+        )
+        lag = asyncio.create_task(self.metrics.lag.watch(aiokafka_offsets(self.consumer), stop))
         try:
             while not stop.is_set():
                 batch = await self._collect(stop)
                 if batch.records and not await self._write(batch, stop):
                     break  # stopped while the store was down: nothing committed, no loss
+        except SinkError as exc:
+            kind = "unavailable" if isinstance(exc, StoreUnavailableError) else "fatal"
+            self.metrics.errors.labels(kind, getattr(exc, "reason", type(exc).__name__)).inc()
+            raise
         finally:
+            lag.cancel()
+            await asyncio.gather(lag, return_exceptions=True)
             await self.consumer.stop()
             await self.producer.stop()
             await self.sink.stop()
@@ -214,6 +248,9 @@ class SinkRunner:
                 timeout_ms=wait_ms, max_records=config.batch_max_records - len(records)
             )
             for messages in fetched.values():
+                if messages:
+                    first = messages[0]
+                    self.metrics.lag.taken(first.topic, first.partition, first.offset)
                 for m in messages:
                     records.append(KafkaRecord.of(m))
                     size += len(m.value or b"")
@@ -241,7 +278,7 @@ class SinkRunner:
                     result = await self.sink.write(batch)
                     break
                 except StoreUnavailableError as exc:
-                    self.metrics.errors.labels("unavailable").inc()
+                    self.metrics.errors.labels("unavailable", exc.reason).inc()
                     if not paused:
                         self.consumer.pause(*self.consumer.assignment())
                         paused = True
@@ -252,6 +289,7 @@ class SinkRunner:
                         exc,
                         len(batch.records),
                         wait,
+                        extra={"component": f"sink-{self.sink.name}", "reason": exc.reason},
                     )
                     delay = min(config.retry_max_s, delay * 2)
                     # Keep polling (nothing comes: paused) so that the group keeps us.
@@ -269,7 +307,8 @@ class SinkRunner:
         self.written += len(batch.records)
         self.metrics.records.inc(len(batch.records))
         self.metrics.batch_records.observe(len(batch.records))
-        self._update_lag(batch)
+        for topic, partition in batch.offsets:
+            self.metrics.lag.finished(topic, partition)
         return True
 
     async def _dead_letter_all(self, rejected: Sequence[Rejected]) -> None:
@@ -294,7 +333,14 @@ class SinkRunner:
             self.sink.name,
             rejected.reason,
             rejected.detail[:200],
-            extra={"topic": r.topic, "partition": r.partition, "offset": r.offset},
+            extra={
+                "component": f"sink-{self.sink.name}",
+                "lamp_id": _lamp_id(r),
+                "topic": r.topic,
+                "partition": r.partition,
+                "offset": r.offset,
+                "reason": rejected.reason,
+            },
         )
 
     async def _commit(self, batch: Batch) -> None:
@@ -315,17 +361,6 @@ class SinkRunner:
             # A rebalance took partitions away meanwhile: their new owner rewrites what this
             # batch wrote, which the sinks' idempotent writes absorb.
             log.warning("sink %s: offsets not committed (%s)", self.sink.name, exc)
-
-    def _update_lag(self, batch: Batch) -> None:
-        from aiokafka import TopicPartition
-
-        for (topic, partition), offset in batch.offsets.items():
-            try:
-                highwater = self.consumer.highwater(TopicPartition(topic, partition))
-            except (AssertionError, KeyError):
-                continue
-            if highwater is not None:
-                self.metrics.lag.labels(topic, str(partition)).set(max(0, highwater - offset))
 
 
 def run_sink(settings: Settings, sink: Sink, metrics_port: int) -> None:

@@ -9,7 +9,7 @@ import urllib.request
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.topics import ALERT_ACKS, LAMP_DLQ, LAMP_LATE, LAMP_MESSAGES, topic_name
+from pipeline.topics import ALERT_ACKS, ALERTS, LAMP_DLQ, LAMP_LATE, LAMP_MESSAGES, topic_name
 from schemas import encode, schema
 from tests.integration.agents.conftest import (
     AlertTail,
@@ -139,6 +139,40 @@ async def test_junk_to_the_dlq_late_to_the_side_output_acks_close(
         assert metrics[f'veilleuse_worker_engine_events{{name="dead.{reason}"}}'] == 1
     assert metrics['veilleuse_worker_engine_events{name="late"}'] == 1
     assert metrics['veilleuse_worker_outputs_total{topic="' + dlq + '"}'] >= len(junk)
+    for reason in junk:
+        assert metrics[f'veilleuse_worker_dead_letters_total{{reason="{reason}"}}'] == 1
+    (late_count,) = [
+        v for k, v in metrics.items() if k.startswith("veilleuse_worker_late_records_total")
+    ]
+    assert late_count == 1
+    help_labels = 'kind="help_requested",severity="critical"'
+    assert metrics[f'veilleuse_worker_alerts_total{{{help_labels},state="raised"}}'] == 2
+    assert metrics[f'veilleuse_worker_alerts_total{{{help_labels},state="resolved"}}'] == 1
+    # Lag on every input partition (read from Kafka every few seconds).
+    messages = topic_name(run.settings, LAMP_MESSAGES)
+    expected = {
+        f'veilleuse_worker_consumer_lag{{partition="{p}",topic="{t}"}}'
+        for t in (messages, topic_name(run.settings, ALERT_ACKS))
+        for p in range(run.settings.kafka.topic_partitions)
+    }
+    deadline = time.monotonic() + 20
+
+    def lags() -> dict[str, float]:
+        return {k: v for k, v in metrics.items() if k.startswith("veilleuse_worker_consumer_lag")}
+
+    while (set(lags()) != expected or any(lags().values())) and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        metrics = scrape(metrics_port)
+    # Every record was processed: nothing left on any partition.
+    assert lags() == dict.fromkeys(expected, 0.0)
+    # The alerts' log lines, written once committed, say where they are on alerts.v1.
+    lines = [orjson.loads(line) for line in worker.output().splitlines() if line.startswith("{")]
+    logged = [line for line in lines if line["msg"].startswith("alert help_requested raised")]
+    assert len(logged) == 2, worker.log_tail()
+    for line in logged:
+        assert line["lamp_id"] == "L-help" and line["topic"] == topic_name(run.settings, ALERTS)
+        assert isinstance(line["partition"], int) and isinstance(line["offset"], int)
+        assert line["severity"] == "critical" and line["component"] == "detect_incidents"
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -578,13 +578,13 @@ async def test_postgres_down_for_60_s_the_sink_backs_off_and_catches_up(
         down_at = time.monotonic()
         await sink_run.send(records[third : 2 * third])
         await sink.wait_for_log("store unavailable", timeout_s=30)
-        assert metric(port, 'veilleuse_sink_postgres_errors_total{kind="unavailable"}') >= 1
+        assert metric(port, 'veilleuse_sink_postgres_errors_total{kind="unavailable"') >= 1
         await asyncio.sleep(25)
         await sink_run.send(records[2 * third :])
         while time.monotonic() - down_at < 60:
             assert sink.alive(), sink.output()[-3000:]
             await asyncio.sleep(1)
-        errors_while_down = metric(port, 'veilleuse_sink_postgres_errors_total{kind="unavailable"}')
+        errors_while_down = metric(port, 'veilleuse_sink_postgres_errors_total{kind="unavailable"')
         assert sink.alive()
     finally:
         if stopped:
@@ -691,8 +691,9 @@ async def test_an_unreachable_database_is_a_retriable_error(settings: Settings) 
     await sink.start()  # logs, and checks the schema once the database answers
     topic = sink.topics[0]
     record = kafka_record(topic, 0, activity_records(random.Random(5))[0].record)
-    with pytest.raises(StoreUnavailableError, match="cannot connect"):
+    with pytest.raises(StoreUnavailableError, match="cannot connect") as refused:
         await sink.write(Batch([record], {(topic, 0): 1}))
+    assert refused.value.reason == "connect"  # the label of the sink's error counter
     with pytest.raises(StoreUnavailableError):
         await sink.stored_offsets([(topic, 0)])
     await sink.stop()

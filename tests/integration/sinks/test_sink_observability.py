@@ -1,0 +1,79 @@
+"""The sink framework's metrics on the real Kafka while its store is down: the lag keeps growing
+although the paused consumer fetches nothing, and the errors are counted by kind and reason."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import uuid
+from typing import Any
+
+from connectors.sinks.postgres import PostgresSink
+from connectors.sinks.runner import SinkRunner
+from pipeline import clients
+from pipeline.settings import Settings
+from pipeline.topics import ACTIVITY_HOURLY, ALERTS, ensure_topics, topic_name
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_the_lag_grows_while_the_store_is_down_and_errors_name_their_reason(
+    require: Any, settings: Settings
+) -> None:
+    require("kafka")
+    prefix = f"obs-sink-{uuid.uuid4().hex[:8]}."
+    scoped = settings.model_copy(
+        update={
+            "kafka": settings.kafka.model_copy(
+                update={"topic_prefix": prefix, "topic_partitions": 1}
+            ),
+            # Nothing listens there: every write fails to connect.
+            "postgres": settings.postgres.model_copy(update={"port": closed_port()}),
+            "sink": settings.sink.model_copy(
+                update={"linger_ms": 50, "retry_initial_s": 0.2, "retry_max_s": 0.5}
+            ),
+        }
+    )
+    await ensure_topics(scoped, (ACTIVITY_HOURLY, ALERTS))
+    topic = topic_name(scoped, ACTIVITY_HOURLY)
+    producer = clients.producer(scoped)
+    await producer.start()
+    runner = SinkRunner(scoped, PostgresSink(scoped))
+    registry = runner.metrics.registry
+    stop = asyncio.Event()
+    running = asyncio.create_task(runner.run(stop))
+
+    def lag() -> float | None:
+        return registry.get_sample_value(
+            "veilleuse_sink_postgres_consumer_lag", {"topic": topic, "partition": "0"}
+        )
+
+    async def until(check: Any, what: str, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not check():
+            assert not running.done(), running
+            assert time.monotonic() < deadline, f"{what}: lag {lag()}"
+            await asyncio.sleep(0.2)
+
+    try:
+        for i in range(10):
+            await producer.send_and_wait(topic, b"never written %d" % i, key=b"L-1")
+        await until(lambda: lag() == 10, "the first ten records")
+        # The consumer is paused (the batch is retried); new records still count.
+        for i in range(15):
+            await producer.send_and_wait(topic, b"later %d" % i, key=b"L-1")
+        await until(lambda: lag() == 25, "fifteen more while paused")
+        errors = registry.get_sample_value(
+            "veilleuse_sink_postgres_errors_total", {"kind": "unavailable", "reason": "connect"}
+        )
+        assert errors is not None and errors >= 1
+        assert registry.get_sample_value("veilleuse_sink_postgres_records_total") == 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+        await producer.stop()
