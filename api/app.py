@@ -22,7 +22,13 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Req
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -104,6 +110,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 class Metrics:
+    """The API's Prometheus metrics, served by its own ``/metrics`` route."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -628,6 +636,8 @@ async def invalid(_: Request, exc: Exception) -> JSONResponse:
 
 def create_app(settings: Settings) -> FastAPI:
     ctx = Context(settings, Services(settings), Metrics())
+    # The process's memory, CPU and file descriptors, as the other components serve them.
+    ProcessCollector(registry=ctx.metrics.registry)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

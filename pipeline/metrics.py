@@ -243,6 +243,7 @@ class WorkerMetrics:
 
 def component_registries() -> dict[str, CollectorRegistry]:
     """Every component's registry, as its command builds it (no service is contacted)."""
+    from api.app import Metrics as ApiMetrics
     from connectors.mqtt_source import ConnectorMetrics
     from connectors.notifier.service import NotifierMetrics
     from connectors.sinks.elasticsearch import SearchMetrics
@@ -259,6 +260,7 @@ def component_registries() -> dict[str, CollectorRegistry]:
         "sink-postgres": postgres.registry,
         "sink-elasticsearch": elasticsearch.registry,
         "notifier": NotifierMetrics().registry,
+        "api": ApiMetrics().registry,
     }
 
 

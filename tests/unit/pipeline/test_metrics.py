@@ -63,6 +63,11 @@ EXPECTED = {
         "veilleuse_notifier_alerts": "counter",
         "veilleuse_notifier_consumer_lag": "gauge",
     },
+    "api": {
+        "veilleuse_api_requests": "counter",
+        "veilleuse_api_request_seconds": "histogram",
+        "veilleuse_api_acknowledgements": "counter",
+    },
 }
 EXPECTED["sink-elasticsearch"] |= {
     "veilleuse_sink_elasticsearch_item_retries": "counter",
