@@ -212,3 +212,18 @@ def test_probes_need_no_token(api_run: ApiRun) -> None:
     assert set(ready["checks"]) == {"postgres", "elasticsearch", "redis", "kafka"}
     metrics = api_run.get(None, "/metrics")
     assert 'veilleuse_api_requests_total{method="GET",route="/lamps",status="200"}' in metrics.text
+
+
+def test_acknowledging_by_role(api_run: ApiRun) -> None:
+    assert api_run.post("support", "/alerts/b-open/ack").status_code == 403
+    assert api_run.post("staff_a", "/alerts/b-open/ack").status_code == 404  # another site
+    assert api_run.post("admin", "/alerts/no-such-alert/ack").status_code == 404
+    by_admin = api_run.post("admin", "/alerts/b-open/ack")
+    assert by_admin.status_code == 200, by_admin.text
+    assert (by_admin.json()["first"], by_admin.json()["acknowledged_by"]) == (True, "admin")
+    again = api_run.post("staff_b", "/alerts/b-open/ack", {"by": "Nurse Bo"})
+    assert (again.json()["first"], again.json()["acknowledged_by"]) == (False, "admin")
+    alert = api_run.get("staff_b", "/alerts/b-open").json()
+    assert alert["state"] == "acknowledged"
+    assert [s["step"] for s in alert["steps"]] == ["raised", "acknowledged"]
+    assert api_run.post("staff_b", "/alerts/b-open/ack", {"by": ""}).status_code == 422
