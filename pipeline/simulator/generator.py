@@ -21,6 +21,7 @@ from pipeline.simulator import network
 from pipeline.simulator.model import Counts, Expectation, GroundTruth, Message, NonIncident
 from pipeline.simulator.scenarios import (
     SCRIPTS,
+    WARNING_ON_TIME_MS,
     Raw,
     Script,
     Thresholds,
@@ -421,7 +422,7 @@ class Simulation:
                 "lamp_offline",
                 before + offline,
                 before + offline - 1_000,
-                before + offline + 2_000,
+                before + offline + WARNING_ON_TIME_MS,
                 "silence",
                 required=required,
             )

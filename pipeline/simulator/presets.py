@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pipeline.settings import DetectionSettings
 from pipeline.simulator.generator import SimConfig
 
@@ -85,3 +87,29 @@ def detection_env(detection: DetectionSettings) -> dict[str, str]:
         "environment_step_s", "window_grace_s",
     )  # fmt: skip
     return {f"VEILLEUSE_DETECTION__{n.upper()}": str(getattr(detection, n)) for n in names}
+
+
+SHORT_PLAN: tuple[tuple[int, str, float], ...] = (
+    (0, "fall", 5),
+    (1, "fall_silent", 5),
+    (2, "fall_recovered", 10),
+    (3, "help_cancelled", 8),
+    (4, "floor_care", 3),
+    (5, "lying_in_bed", 5),
+    (6, "lamp_offline", 20),
+    (7, "long_lie", 10),
+    (8, "reboot", 30),
+)
+
+
+def short_config(
+    start_ms: int, *, seed: int = 7, run: str = "short", factor: float = 5.0
+) -> SimConfig:
+    """Ten rooms for 90 s: the critical scripts, a last will, a reboot, junk (the test's)."""
+    return replace(
+        demo_config(start_ms, seed=seed, run=run, factor=factor),
+        lamps=10,
+        duration_s=90.0,
+        plan=SHORT_PLAN,
+        junk_plan=tuple((9, reason, 10 + 5 * i) for i, (_, reason, _) in enumerate(DEMO_JUNK)),
+    )

@@ -11,6 +11,7 @@ import pytest
 from agents.events import decode_event
 from connectors.validation import Accepted, Rejected, validate
 from pipeline.simulator import CRITICAL_KINDS, SimConfig, Simulation, demo_config
+from pipeline.simulator.presets import short_config
 from pipeline.simulator.scenarios import SCRIPTS
 from pipeline.simulator.scoring import SeenAlert, score
 from tests.unit.pipeline.simulator.replay import replay
@@ -121,8 +122,13 @@ def test_every_script_is_used_and_explained() -> None:
 
 @pytest.mark.parametrize(
     "config",
-    [demo_config(START_MS), demo_config(START_MS + 11 * 3_600_000, seed=99), fleet()],
-    ids=["demo", "demo-at-night", "fleet"],
+    [
+        demo_config(START_MS),
+        demo_config(START_MS + 11 * 3_600_000, seed=99),
+        short_config(START_MS),
+        fleet(),
+    ],
+    ids=["demo", "demo-at-night", "short", "fleet"],
 )
 def test_ground_truth_holds_through_the_real_rules(config: SimConfig) -> None:
     """Played through the workers' own engine, every expected alert is raised on time and no
@@ -136,6 +142,7 @@ def test_ground_truth_holds_through_the_real_rules(config: SimConfig) -> None:
     assert not result.late, result.late
     assert result.kinds["fall"].expected >= 3
     assert result.kinds["lamp_offline"].expected >= 1
+    assert sim.truth.non_incidents
     for kind in CRITICAL_KINDS:
         assert result.kinds[kind].recall == 1.0
 
