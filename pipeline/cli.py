@@ -525,7 +525,8 @@ def simulate(  # noqa: PLR0917 - click passes every option positionally
         sim, stats = asyncio.run(run_simulation(settings, config, keep=keep_lamps))
         click.echo(
             f"published {stats.published} messages in {stats.finished_at - stats.started_at:.1f} s "
-            f"({stats.rate:,.0f}/s); player lag max {stats.max_lag_ms:.0f} ms"
+            f"({stats.rate:,.0f}/s); player lag max {stats.max_lag_ms:.0f} ms; acknowledgements "
+            f"of the last QoS 1 messages waited for {stats.finished_at - stats.played_at:.1f} s"
         )
     rate = sim.counts.published / config.lamps / config.duration_s
     click.echo(f"{config.lamps} lamps on {config.sites} site(s): {rate:.3f} messages/s per lamp")

@@ -44,7 +44,8 @@ class PlayStats:
     max_lag_ms: float = 0.0
     lag_over_100ms: int = 0
     started_at: float = 0.0
-    finished_at: float = 0.0
+    played_at: float = 0.0  # the last message handed to its connection
+    finished_at: float = 0.0  # the broker acknowledged every QoS 1 message
     by_kind: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -119,6 +120,7 @@ async def play(
             next_progress = now + progress_every_s
         if stats.published % 256 == 0:
             await asyncio.sleep(0)  # let the sockets drain and the acknowledgements in
+    stats.played_at = time.time()
     await fleet.wait_acked(60)
     stats.finished_at = time.time()
     return stats

@@ -293,7 +293,8 @@ class Simulation:
     def _life(self, rng: random.Random, gaps: list[tuple[int, int]]) -> Iterator[Raw]:
         c, end = self.config, self.duration_ms
         period = round(c.posture_period_s * 1000)
-        t = rng.randrange(0, 3_000)
+        # The run starts in the middle of everyone's life: first postures spread over a period.
+        t = rng.randrange(0, period)
         gap_starts = [g[0] for g in gaps]
         while t < end:
             activity = pick_activity(rng, self._local_hour(t))

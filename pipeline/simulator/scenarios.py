@@ -302,15 +302,15 @@ class Activity:
 
 
 ACTIVITIES = (
-    Activity("sleep", "lying", "bed", 1, 0.3, 3_600, 10_800, 8, 0),
-    Activity("night_bathroom", "standing", "bathroom", 1, 20, 120, 480, 2, 1),
-    Activity("rest_in_bed", "sitting", "bed", 1, 2, 600, 2_400, 1, 1),
-    Activity("nap", "lying", "bed", 1, 0.3, 1_200, 3_600, 0, 1),
-    Activity("meal", "absent", "room", 0, 0, 1_800, 3_600, 0, 3),
-    Activity("out", "absent", "room", 0, 0, 1_800, 7_200, 0, 4),
-    Activity("staff_visit", "standing", "room", 2, 15, 300, 900, 1, 1),
-    Activity("walking", "standing", "room", 1, 30, 120, 600, 0, 2),
-    Activity("sitting", "sitting", "room", 1, 3, 900, 3_600, 0, 3),
+    Activity("sleep", "lying", "bed", 1, 0.2, 3_600, 10_800, 8, 0),
+    Activity("night_bathroom", "standing", "bathroom", 1, 6, 120, 480, 2, 1),
+    Activity("rest_in_bed", "sitting", "bed", 1, 0.5, 600, 2_400, 1, 1),
+    Activity("nap", "lying", "bed", 1, 0.2, 1_200, 3_600, 0, 1),
+    Activity("meal", "absent", "room", 0, 0, 1_800, 3_600, 0, 4),
+    Activity("out", "absent", "room", 0, 0, 1_800, 7_200, 0, 5),
+    Activity("staff_visit", "standing", "room", 2, 4, 300, 900, 1, 1),
+    Activity("walking", "standing", "room", 1, 8, 120, 600, 0, 2),
+    Activity("sitting", "sitting", "room", 1, 1, 900, 3_600, 0, 3),
 )
 
 
