@@ -503,12 +503,14 @@ def simulate(  # noqa: PLR0917 - click passes every option positionally
     import uuid
 
     from pipeline.simulate import simulate as run_simulation
-    from pipeline.simulator import SimConfig, Simulation, demo_config
+    from pipeline.simulator import SimConfig, Simulation, demo_config, detection_env
 
     settings = _settings(ctx)
     run = f"sim-{uuid.uuid4().hex[:6]}"
     if demo_home:
         config = demo_config(int(time.time() * 1000), seed=seed, run=run)
+        env = " ".join(f"{k}={v}" for k, v in detection_env(config.detection).items())
+        click.echo(f"the demo home's ground truth assumes workers started with: {env}")
     else:
         config = SimConfig(
             lamps=lamps, sites=sites, seed=seed, start_ms=int(time.time() * 1000),

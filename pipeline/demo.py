@@ -502,13 +502,15 @@ def where_next(run: DemoRun, sim: Simulation) -> None:
     echo("== where to look next ==")
     base = f"http://{settings.api.host}:{settings.api.port}"
     token = None
-    try:
-        from api.tokens import create_token  # type: ignore[import-not-found, unused-ignore]
+    if api_command_exists():
+        try:
+            from api.tokens import create_token  # type: ignore[import-not-found, unused-ignore]
 
-        token = create_token(settings.postgres.conninfo(), f"demo-{run.tag}", "support", [site])
-    except ImportError:
-        pass
-    if token and api_command_exists():
+            conninfo = settings.postgres.conninfo()
+            token = create_token(conninfo, f"demo-{run.tag}", "support", [site])
+        except Exception as exc:  # noqa: BLE001 - the report goes on without a token
+            echo(f"(no API token: {type(exc).__name__}: {exc})")
+    if token:
         auth = f'-H "Authorization: Bearer {token}"'
         echo(f"curl {auth} '{base}/alerts?site={site}'")
         echo(f"curl {auth} '{base}/lamps/{lamp}/activity'")

@@ -18,6 +18,8 @@ API (stable)::
     sim.truth.non_incidents   # [NonIncident(lamp_id, site_id, kind, from_ms, to_ms, scenario)]
     sim.counts                # published / valid / junk / duplicates / delayed / by_type
 
+- ``SimConfig(shard=k, shards=n)`` generates lamps ``index % n == k`` only (one process per
+  shard); every lamp's life depends on the seed and its id alone, so shards add up exactly.
 - Deterministic: the same config (``seed`` and ``start_ms`` included) gives the same bytes.
 - ``ts`` = ``start_ms + at_ms +`` the lamp's clock skew (±120 s, new at each reboot): publish
   each message at ``start_ms + at_ms`` of wall time, or the lamps' clocks look wrong.

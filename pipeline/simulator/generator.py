@@ -70,6 +70,10 @@ class SimConfig:
     site_prefix: str = "sim"
     lamp_prefix: str = "S"
     timezone: str = "Europe/Paris"
+    # Generate only the lamps whose index % shards == shard: processes sharing a big fleet.
+    # Each lamp's life depends on the seed and its id only, so the shards add up to the whole.
+    shard: int = 0
+    shards: int = 1
 
     @property
     def thresholds(self) -> Thresholds:
@@ -187,10 +191,12 @@ class Simulation:
         c = self.config
         ids = c.lamp_ids()
         for index, name, start_s in c.plan:
+            if index % c.shards != c.shard:
+                continue
             rng = random.Random(f"{c.seed}/plan/{index}/{name}/{start_s}")
             self._add(index, round(start_s * 1000), SCRIPTS[name](self.th, rng))
         if c.incident_rate > 0:
-            for index in range(c.lamps):
+            for index in range(c.shard, c.lamps, c.shards):
                 rng = random.Random(f"{c.seed}/incidents/{ids[index][1]}")
                 t = rng.expovariate(c.incident_rate / 3_600_000)
                 while t < self.duration_ms:
@@ -243,6 +249,7 @@ class Simulation:
         streams = [
             self._lamp_messages(index, site_id, lamp_id)
             for index, (site_id, lamp_id) in enumerate(self.config.lamp_ids())
+            if index % self.config.shards == self.config.shard
         ]
         return heapq.merge(*streams, key=lambda m: m.at_ms)
 

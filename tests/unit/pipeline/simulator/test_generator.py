@@ -10,7 +10,7 @@ import pytest
 
 from agents.events import decode_event
 from connectors.validation import Accepted, Rejected, validate
-from pipeline.simulator import CRITICAL_KINDS, SimConfig, Simulation, demo_config
+from pipeline.simulator import CRITICAL_KINDS, Message, SimConfig, Simulation, demo_config
 from pipeline.simulator.presets import short_config
 from pipeline.simulator.scenarios import SCRIPTS
 from pipeline.simulator.scoring import SeenAlert, score
@@ -45,6 +45,19 @@ def test_same_seed_same_bytes_and_truth() -> None:
 
 def test_another_seed_another_life() -> None:
     assert digest(Simulation(fleet())) != digest(Simulation(fleet(seed=4)))
+
+
+def test_shards_add_up_to_the_whole_fleet() -> None:
+    def key(m: Message) -> tuple[int, str, bytes]:
+        return (m.at_ms, m.topic, m.payload)
+
+    whole = Simulation(fleet())
+    parts = [Simulation(fleet(shard=k, shards=3)) for k in range(3)]
+    assert sorted(map(key, whole.messages())) == sorted(
+        key(m) for part in parts for m in part.messages()
+    )
+    expected = sorted(map(repr, whole.truth.expected))
+    assert expected == sorted(repr(e) for part in parts for e in part.truth.expected)
 
 
 def test_messages_are_in_publish_order() -> None:
