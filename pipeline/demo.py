@@ -380,7 +380,6 @@ async def run_demo(run: DemoRun, stack: bool = True) -> int:  # noqa: PLR0912, P
         for port in run.worker_ports:
             for key, value in scrape(port).items():
                 worker[key] = worker.get(key, 0) + value
-        alive = [p.name for p in run.procs if p.alive()]
         dead = [p.name for p in run.procs if not p.alive()]
     finally:
         stop_tail.set()
@@ -396,7 +395,6 @@ async def run_demo(run: DemoRun, stack: bool = True) -> int:  # noqa: PLR0912, P
     if dead:
         echo(f"processes that died during the run: {', '.join(dead)} (logs in {run.log_dir})")
     echo(f"demo took {time.monotonic() - started:.0f} s")
-    del alive
     run.result = result
     return 0 if result.ok and not dead else 1
 
