@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install stack stack-down lint format typecheck unit integration clean
+.PHONY: demo smoke test install stack stack-down lint format typecheck unit integration clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
@@ -31,8 +31,12 @@ stack: install
 stack-down: install
 	$(BIN)/veilleuse stack down
 
-# The main job. Until the simulator exists it is a smoke run through every real service.
+# The main job: a simulated nursing home through the whole pipeline, scored against its
+# ground truth (`veilleuse smoke` remains the round trip through every service).
 demo: stack
+	$(BIN)/veilleuse demo --no-stack
+
+smoke: stack
 	$(BIN)/veilleuse smoke
 
 lint: install

@@ -69,10 +69,12 @@ class Fleet:
 
         await asyncio.gather(*(one(lamp) for lamp in self.lamps.values()))
 
-    def publish(self, lamp_id: str, channel: str, payload: bytes, qos: int = 1) -> None:
+    def publish(
+        self, lamp_id: str, channel: str, payload: bytes, qos: int = 1, retain: bool = False
+    ) -> None:
         lamp = self.lamps[lamp_id]
         topic = f"lamps/{lamp.credential.site_id}/{lamp_id}/{channel}"
-        info = lamp.mqtt.client.publish(topic, payload, qos=qos)
+        info = lamp.mqtt.client.publish(topic, payload, qos=qos, retain=retain)
         if qos > 0:
             lamp.unacked.add(info.mid)
 

@@ -564,6 +564,107 @@ def setup_search(ctx: click.Context) -> None:
     click.echo(f"search index {names.prefix!r}: generation {generation}, templates in place")
 
 
+# -- the simulator: `veilleuse simulate` and `veilleuse demo` -------------------------------------
+
+
+@cli.command()
+@click.option("--lamps", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--sites", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--duration", "duration_s", type=float, default=300.0, show_default=True,
+              help="Seconds of wall time to play.")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--incident-rate", type=float, default=2.0, show_default=True,
+              help="Random incidents per lamp and hour.")  # fmt: skip
+@click.option("--life-speed", type=float, default=1.0, show_default=True,
+              help="Daily life this many times faster (incidents keep real time).")  # fmt: skip
+@click.option("--demo-home", is_flag=True, help="The demo's scripted nursing home instead.")
+@click.option("--dry-run", is_flag=True, help="Generate only: no MQTT, print the figures.")
+@click.option("--keep-lamps", is_flag=True, help="Do not revoke the lamps' accounts afterwards.")
+@click.pass_context
+def simulate(  # noqa: PLR0917 - click passes every option positionally
+    ctx: click.Context,
+    lamps: int,
+    sites: int,
+    duration_s: float,
+    seed: int,
+    incident_rate: float,
+    life_speed: float,
+    demo_home: bool,
+    dry_run: bool,
+    keep_lamps: bool,
+) -> None:
+    """Play a simulated lamp fleet over real MQTT, each lamp with its own credentials.
+
+    Lamps are provisioned on the local broker (revoked afterwards). Prints what was published
+    and the ground truth: the alerts the pipeline must raise. See docs/simulator.md.
+    """
+    import asyncio
+    import time
+    import uuid
+
+    from pipeline.simulate import simulate as run_simulation
+    from pipeline.simulator import SimConfig, Simulation, demo_config, detection_env
+
+    settings = _settings(ctx)
+    run = f"sim-{uuid.uuid4().hex[:6]}"
+    if demo_home:
+        config = demo_config(int(time.time() * 1000), seed=seed, run=run)
+        env = " ".join(f"{k}={v}" for k, v in detection_env(config.detection).items())
+        click.echo(f"the demo home's ground truth assumes workers started with: {env}")
+    else:
+        config = SimConfig(
+            lamps=lamps, sites=sites, seed=seed, start_ms=int(time.time() * 1000),
+            duration_s=duration_s, incident_rate=incident_rate, life_speed=life_speed,
+            site_prefix=run, lamp_prefix=run,
+        )  # fmt: skip
+    if dry_run:
+        started = time.perf_counter()
+        sim = Simulation(config)
+        count = sum(1 for _ in sim.messages())
+        elapsed = time.perf_counter() - started
+        click.echo(f"generated {count} messages in {elapsed:.1f} s ({count / elapsed:,.0f}/s)")
+    else:
+        sim, stats = asyncio.run(run_simulation(settings, config, keep=keep_lamps))
+        click.echo(
+            f"published {stats.published} messages in {stats.finished_at - stats.started_at:.1f} s "
+            f"({stats.rate:,.0f}/s); player lag max {stats.max_lag_ms:.0f} ms; acknowledgements "
+            f"of the last QoS 1 messages waited for {stats.finished_at - stats.played_at:.1f} s"
+        )
+    rate = sim.counts.published / config.lamps / config.duration_s
+    click.echo(f"{config.lamps} lamps on {config.sites} site(s): {rate:.3f} messages/s per lamp")
+    click.echo(f"counts: {sim.counts.as_dict()}")
+    for e in sorted(sim.truth.expected, key=lambda e: e.due_ms):
+        need = "" if e.required else " (may)"
+        click.echo(
+            f"expect {e.kind:<15} {e.lamp_id:<24} by t={e.latest_ms / 1000:7.1f} s  "
+            f"{e.scenario}{need}"
+        )
+    for n in sim.truth.non_incidents:
+        span = f"t={n.from_ms / 1000:.0f}-{n.to_ms / 1000:.0f} s"
+        click.echo(f"forbid {n.kind:<15} {n.lamp_id:<24} {span}  {n.scenario}")
+
+
+@cli.command()
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 4), default=1, show_default=True)
+@click.option("--no-stack", is_flag=True, help="Do not run `stack up` and `setup` first.")
+@click.option("--keep", is_flag=True, help="Keep the run's Kafka topics afterwards.")
+@click.pass_context
+def demo(ctx: click.Context, seed: int, workers: int, no_stack: bool, keep: bool) -> None:
+    """A simulated nursing home through the whole pipeline, scored against its ground truth.
+
+    Exits 1 if an expected critical alert was missed or a false critical one raised.
+    """
+    import asyncio
+
+    from pipeline.demo import DemoRun, run_demo
+
+    run = DemoRun(
+        _settings(ctx), click.echo, sys.stdout.isatty(), seed=seed, workers=workers, keep=keep
+    )
+    sys.exit(asyncio.run(run_demo(run, stack=not no_stack)))
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)
