@@ -80,33 +80,30 @@ def redis(settings: Settings, *, timeout_s: float = 5.0, retries: int = 3) -> An
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 
-    r = settings.redis
     return redis_lib.Redis(
-        host=r.host,
-        port=r.port,
-        db=r.db,
-        password=r.password.get_secret_value() if r.password else None,
-        ssl=r.tls,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(ExponentialBackoff(), retries),
+        **redis_options(settings, timeout_s), retry=Retry(ExponentialBackoff(), retries)
     )
+
+
+def redis_options(settings: Settings, timeout_s: float) -> dict[str, Any]:
+    """Connection options of every Redis client (sync or asyncio)."""
+    r = settings.redis
+    return {
+        "host": r.host,
+        "port": r.port,
+        "db": r.db,
+        "password": r.password.get_secret_value() if r.password else None,
+        "ssl": r.tls,
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+    }
 
 
 def async_redis(settings: Settings, *, timeout_s: float = 2.0) -> Any:
     """An asyncio Redis client that fails fast: its callers degrade rather than wait."""
     from redis.asyncio import Redis
 
-    r = settings.redis
-    return Redis(
-        host=r.host,
-        port=r.port,
-        db=r.db,
-        password=r.password.get_secret_value() if r.password else None,
-        ssl=r.tls,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-    )
+    return Redis(**redis_options(settings, timeout_s))
 
 
 def async_elasticsearch(settings: Settings, **extra: Any) -> Any:

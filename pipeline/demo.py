@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.ports import free_port
 from pipeline.settings import Settings
 from pipeline.simulate import PlayStats
 from pipeline.simulator import SEVERITY, Simulation, demo_config, detection_env
@@ -83,12 +83,6 @@ class Proc:
                     f"{self.name} not ready after {timeout_s:.0f} s; see {self.log_file}"
                 )
             await asyncio.sleep(0.3)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -67,12 +67,3 @@ class PipelineProcess:
             assert self.alive(), f"{self.argv} exited:\n{self.tail(60)}"
             assert time.monotonic() < deadline, f"no {pattern!r} in the log:\n{self.tail(60)}"
             await asyncio.sleep(0.2)
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback now (for a process the test starts)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

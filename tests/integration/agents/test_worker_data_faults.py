@@ -9,6 +9,7 @@ import urllib.request
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from pipeline.ports import free_port
 from pipeline.topics import ALERT_ACKS, ALERTS, LAMP_DLQ, LAMP_LATE, LAMP_MESSAGES, topic_name
 from schemas import encode, schema
 from tests.integration.agents.conftest import (
@@ -17,7 +18,6 @@ from tests.integration.agents.conftest import (
     LampSender,
     read_records,
 )
-from tests.integration.pipeline.test_stack_command import free_port
 
 SITE = "it-home-2"
 

@@ -14,11 +14,12 @@ import pytest
 from aiokafka import TopicPartition
 
 from pipeline import clients
+from pipeline.ports import free_port
 from pipeline.topics import ALERT_ACKS, topic_name
 from schemas import decode
 from tests.integration.agents.conftest import LampSender
 from tests.integration.api.conftest import SITE_A, ApiRun
-from tests.integration.processes import PipelineProcess, free_port
+from tests.integration.processes import PipelineProcess
 
 T = TypeVar("T")
 

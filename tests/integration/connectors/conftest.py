@@ -29,11 +29,11 @@ from connectors.fleet import Fleet
 from connectors.mqtt_asyncio import discard_session
 from pipeline import clients
 from pipeline.lamps import Credential
+from pipeline.ports import free_port
 from pipeline.settings import MqttBroker, Settings
 from pipeline.stack.context import StackContext
 from pipeline.stack.mosquitto import Mosquitto
 from pipeline.topics import LAMP_DLQ, LAMP_MESSAGES
-from tests.integration.pipeline.test_stack_command import free_port
 
 
 @dataclass

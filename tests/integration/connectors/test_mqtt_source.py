@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from connectors.validation import MAX_PAYLOAD_BYTES, Reason
+from pipeline.ports import free_port
 from pipeline.settings import MqttBroker, Settings
 from pipeline.stack.context import StackContext
 from pipeline.stack.mosquitto import Mosquitto
@@ -28,7 +29,6 @@ from tests.integration.connectors.conftest import (
     lamp_payload,
     wait_for_all,
 )
-from tests.integration.pipeline.test_stack_command import free_port
 
 pytestmark = pytest.mark.slow
 

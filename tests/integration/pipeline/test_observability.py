@@ -6,24 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
+from pipeline.ports import free_port
 from pipeline.settings import Settings
 from pipeline.topics import ALERT_ACKS, ALERTS, ensure_topics, topic_name
 from tests.integration.databases import scratch_database
 from tests.integration.processes import PipelineProcess
 from tests.sentry_server import sentry_stand_in
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(port: int) -> str:

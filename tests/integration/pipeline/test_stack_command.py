@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.ports import free_port
 from pipeline.settings import Settings
 from pipeline.stack import manager
 
@@ -26,12 +27,6 @@ def veilleuse(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
         env={**os.environ, **(env or {})},
         check=False,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def pids(settings: Settings) -> dict[str, int | None]:

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import random
 import re
-import socket
 import time
 import urllib.request
 import uuid
@@ -29,6 +28,7 @@ import pytest
 from connectors.sinks.postgres import PostgresSink
 from connectors.sinks.runner import Batch, StoreUnavailableError
 from pipeline import clients
+from pipeline.ports import free_port
 from pipeline.records import KafkaRecord
 from pipeline.settings import Settings
 from pipeline.stack import manager
@@ -365,12 +365,6 @@ def assert_tables_match(got: dict[str, Any], want: dict[str, Any]) -> None:
 
 
 # -- the run: topics, database, producer, sink processes ----------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -4,7 +4,6 @@ metrics served the way it serves them."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 
 from connectors.mqtt_source import ConnectorMetrics
+from pipeline.ports import free_port
 from tests.unit.k8s.manifests import OVERLAYS, Doc, of_kind, pod_spec, rendered
 
 PORT_SETTINGS = {
@@ -55,13 +55,6 @@ def test_probes_use_the_ports_of_the_settings(overlay: str) -> None:
     for probe in ("livenessProbe", "readinessProbe"):
         command = " ".join(connector[probe]["exec"]["command"])
         assert f"127.0.0.1:{settings['VEILLEUSE_CONNECTOR__METRICS_PORT']}/" in command
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture
