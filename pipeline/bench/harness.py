@@ -284,7 +284,7 @@ async def play_step(  # noqa: PLR0917 - one call site, every argument named ther
         seed=int(rate),
     )
     ctx = multiprocessing.get_context("spawn")
-    progress = ctx.Array("d", 5)
+    progress = ctx.Array("d", 6)
     queue = ctx.Queue()
     publisher = ctx.Process(target=publish_step, args=(spec, progress, queue), daemon=True)
     base = await processed()
@@ -313,7 +313,7 @@ async def play_step(  # noqa: PLR0917 - one call site, every argument named ther
             publisher.terminate()
             publisher.join()
     published = int(progress[1])
-    seconds = samples[-1].t if samples else options.duration_s
+    seconds = progress[5] or options.duration_s
     # Every deadline fell under load; what has not arrived a few seconds after the last one
     # is counted missing.
     latencies = await alerted(sent_falls)
@@ -492,7 +492,13 @@ async def run_baseline(run: Run, report: BenchReport, echo: Callable[[str], None
         proc = Process(f"baseline-{step}", argv, run.env(), run.workdir)
         try:
             await wait_until("baseline subscribed", subscribed(proc), [proc])
+            before = await processed()
             result = await play_step(run, "baseline", rate, falls, processed, alerted, [proc])
+            # Not part of the verdict: lets the stores hold every message of a sustained step
+            # (a backlog is dropped with the baseline's clean session when it stops).
+            await drain(
+                processed, before + result.published, min(run.options.drain_s, 10.0), [proc]
+            )
         finally:
             proc.stop()
         published += result.published
@@ -537,7 +543,7 @@ async def run_bench(
             await run_pipeline(run, report, echo)
         if "baseline" in options.systems:
             await run_baseline(run, report, echo)
-        report.counts.update(await count_stored(run))
+        report.counts.update(await count_stored(run, pipeline="pipeline" in options.systems))
     finally:
         load = os.getloadavg()
         report.notes.append(
@@ -548,13 +554,11 @@ async def run_bench(
     return report
 
 
-async def count_stored(run: Run) -> dict[str, int]:
+async def count_stored(run: Run, *, pipeline: bool) -> dict[str, int]:
     """What reached each store from this run's lamps (other tests may share the broker)."""
     import psycopg
-    from aiokafka import TopicPartition
 
     from pipeline import clients
-    from pipeline.topics import LAMP_MESSAGES, topic_name
 
     out: dict[str, int] = {}
     with (
@@ -566,15 +570,29 @@ async def count_stored(run: Run) -> dict[str, int]:
     es = clients.elasticsearch(run.settings)
     mine = {"prefix": {"site_id": f"bench-{run.run_id}-"}}
     try:
-        for name, index in (
-            ("baseline_elasticsearch", run.baseline_index),
-            ("pipeline_elasticsearch", run.index_prefix),
+        for name, index, query in (
+            # The baseline subscribes to this run's sites only; the pipeline's connector reads
+            # every lamp of the broker.
+            ("baseline_elasticsearch", run.baseline_index, {"match_all": {}}),
+            ("pipeline_elasticsearch", run.index_prefix, mine),
         ):
             if es.indices.exists(index=index):
                 es.indices.refresh(index=index)
-                out[name] = int(es.count(index=index, query=mine)["count"])
+                out[name] = int(es.count(index=index, query=query)["count"])
     finally:
         es.close()
+    if pipeline:
+        out["pipeline_kafka"] = await count_kafka(run)
+    return out
+
+
+async def count_kafka(run: Run) -> int:
+    """Records of this run's lamps on its ``lamp.messages.v1``."""
+    from aiokafka import TopicPartition
+
+    from pipeline import clients
+    from pipeline.topics import LAMP_MESSAGES, topic_name
+
     ours = (f"B{run.run_id}-".encode(), f"F{run.run_id}-".encode())
     consumer = clients.consumer(run.settings, group_id=None)
     await consumer.start()
@@ -593,10 +611,9 @@ async def count_stored(run: Run) -> dict[str, int]:
             positions = [await consumer.position(tp) for tp in tps]
             if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
                 break
-        out["pipeline_kafka"] = count
     finally:
         await consumer.stop()
-    return out
+    return count
 
 
 async def cleanup(run: Run) -> None:

@@ -131,7 +131,8 @@ class StepSpec:
 
 def publish_step(spec: StepSpec, progress: Any, falls_out: Any) -> None:
     """The publisher process: connect the fleet, then play the step. ``progress`` is a shared
-    array: [load started (epoch s), messages sent, QoS 1 acknowledged, QoS 0 sent, done]."""
+    array: [load started (epoch s), messages sent, QoS 1 acknowledged, QoS 0 sent, done,
+    seconds the load lasted]."""
     asyncio.run(_publish(spec, progress, falls_out))
 
 
@@ -182,6 +183,7 @@ async def _publish(spec: StepSpec, progress: Any, falls_out: Any) -> None:
                 progress[1], progress[2], progress[3] = sent, fleet.acked, qos0
                 next_report = now + 0.1
             await asyncio.sleep(0.002)
+        progress[5] = time.time() - started
         await fleet.wait_acked(120)
         progress[1], progress[2], progress[3] = sent, fleet.acked, qos0
     finally:
