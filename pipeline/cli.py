@@ -483,6 +483,9 @@ def reindex(  # noqa: PLR0917 - click passes every option positionally
 @click.option("--falls", default=10, show_default=True, help="Silent falls per step.")
 @click.option("--max-steps", default=5, show_default=True, help="Steps per system at most.")
 @click.option(
+    "--publishers", default=2, show_default=True, help="Processes playing the lamp fleet."
+)
+@click.option(
     "--only",
     type=click.Choice(["pipeline", "baseline"]),
     help="Run one system only (no ratio).",
@@ -505,6 +508,7 @@ def bench(  # noqa: PLR0917 - click passes every option positionally
     baseline_start_rate: float,
     falls: int,
     max_steps: int,
+    publishers: int,
     only: str | None,
     output: Path | None,
     as_json: bool,
@@ -533,6 +537,7 @@ def bench(  # noqa: PLR0917 - click passes every option positionally
         baseline_start_rate=baseline_start_rate,
         falls_per_step=falls,
         max_steps=max(max_steps, len(asked)),
+        publishers=publishers,
         systems=(only,) if only else ("pipeline", "baseline"),
     )
     report = asyncio.run(harness.run_bench(_settings(ctx), options, click.echo))

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 # under ``MAX_BACKLOG_S`` seconds of that rate.
 MAX_BACKLOG_SLOPE = 0.05
 MAX_BACKLOG_S = 2.0
+# Progress is seen in steps (the sinks commit a batch at most every 500 ms): a backlog may
+# swing by this many seconds of the rate without growing, which matters in a short window.
+JITTER_S = 0.5
 # The publisher must reach this share of the asked rate, or the step measured the publisher.
 MIN_OFFERED_SHARE = 0.95
 LATENCY_GOAL_S = 1.0
@@ -134,7 +137,11 @@ def sustained(rate: float, offered: float, samples: Sequence[Sample]) -> bool:
         return False
     if offered < MIN_OFFERED_SHARE * rate:
         return False
-    grows = slope([(s.t, float(s.backlog)) for s in window]) > MAX_BACKLOG_SLOPE * rate
+    span = window[-1].t - window[0].t
+    if span <= 0:
+        return False
+    allowed = rate * (MAX_BACKLOG_SLOPE + JITTER_S / span)
+    grows = slope([(s.t, float(s.backlog)) for s in window]) > allowed
     return not grows and window[-1].backlog <= MAX_BACKLOG_S * rate
 
 

@@ -64,6 +64,13 @@ def test_the_first_quarter_is_start_up_and_not_judged() -> None:
     assert not sustained(1000, 1000, [Sample(t, 1000 * t, 850 * t) for t in range(41)])
 
 
+def test_a_backlog_swinging_with_the_sinks_batches_is_not_growth() -> None:
+    # A short step whose progress comes every second in one batch: the backlog swings between
+    # 0 and one second of the rate.
+    samples = [Sample(t / 2, 75 * t, 150 * (t // 2)) for t in range(25)]
+    assert sustained(150, 150, samples)
+
+
 def test_too_few_samples_are_not_a_verdict() -> None:
     assert not sustained(1000, 1000, steady(1000, 1, backlog=0))
 
