@@ -547,6 +547,7 @@ def bench(  # noqa: PLR0917 - click passes every option positionally
         "",
         *stats.step_rows([*report.pipeline, *report.baseline]),
         "",
+        *stats.stage_lines(report.pipeline),
         *report.notes,
         "stored: " + ", ".join(f"{k} {v:,}" for k, v in sorted(report.counts.items())),
     ]:

@@ -376,10 +376,27 @@ def rates_to_play(
 # -- the two systems --------------------------------------------------------------------------
 
 
-async def run_pipeline(run: Run, report: BenchReport, echo: Callable[[str], None]) -> None:
-    from pipeline.topics import LAMP_MESSAGES, ensure_topics, topic_name
+async def fall_latencies(
+    alerts: AlertTail, falls: list[tuple[str, int]], confirm_s: float
+) -> dict[str, float]:
+    """Seconds from each fall's deadline to its alert on ``alerts.v1``, for those that came
+    (waiting up to 10 s for the last ones)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if all(alerts.fall_arrival(lamp) is not None for lamp, _ in falls):
+            break
+        await asyncio.sleep(0.2)
+    out = {}
+    for lamp, sent_ms in falls:
+        arrival = alerts.fall_arrival(lamp)
+        if arrival is not None:
+            out[lamp] = arrival - (sent_ms / 1000 + confirm_s)
+    return out
 
-    await ensure_topics(run.settings)
+
+def start_pipeline(run: Run) -> tuple[list[Process], int]:
+    """The pipeline's processes (connector, worker, both sinks) and the connector's metrics
+    port."""
     env = run.env()
     port = free_port()
     connector_env = {
@@ -395,6 +412,15 @@ async def run_pipeline(run: Run, report: BenchReport, echo: Callable[[str], None
         Process("sink-elasticsearch", ["sink", "elasticsearch"], env, run.workdir),
         Process("sink-postgres", ["sink", "postgres"], env, run.workdir),
     ]
+    return procs, port
+
+
+async def run_pipeline(run: Run, report: BenchReport, echo: Callable[[str], None]) -> None:
+    from pipeline.topics import LAMP_MESSAGES, ensure_topics, topic_name
+
+    await ensure_topics(run.settings)
+    env = run.env()
+    procs, port = start_pipeline(run)
     worker_group = env["VEILLEUSE_DETECTION__APP_ID"]
     es_group = f"{run.prefix}veilleuse-sink-elasticsearch"
     partitions = run.settings.kafka.topic_partitions
@@ -408,27 +434,21 @@ async def run_pipeline(run: Run, report: BenchReport, echo: Callable[[str], None
             Offsets(run.settings, topic_name(run.settings, LAMP_MESSAGES)) as offsets,
             AlertTail(run.settings, lambda key: key in fall_ids) as alerts,
         ):
+            trace: list[tuple[float, dict[str, int]]] = []
 
             async def processed() -> int:
                 # The slowest of detection and the search sink, counted in Kafka records: what
                 # the connector has not written yet is not there either.
+                end = await offsets.end()
                 worker = await offsets.committed(worker_group)
                 sink = await offsets.committed(es_group)
+                trace.append(
+                    (time.time(), {"kafka": end, "worker": worker, "sink-elasticsearch": sink})
+                )
                 return min(worker, sink)
 
             async def alerted(falls: list[tuple[str, int]]) -> dict[str, float]:
-                confirm_s = run.settings.detection.fall_confirm_s
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline:
-                    if all(alerts.fall_arrival(lamp) is not None for lamp, _ in falls):
-                        break
-                    await asyncio.sleep(0.2)
-                out = {}
-                for lamp, sent_ms in falls:
-                    arrival = alerts.fall_arrival(lamp)
-                    if arrival is not None:
-                        out[lamp] = arrival - (sent_ms / 1000 + confirm_s)
-                return out
+                return await fall_latencies(alerts, falls, run.settings.detection.fall_confirm_s)
 
             pick = rates_to_play(run.options, run.options.start_rate)
             pool = list(run.fall_pool)
@@ -436,7 +456,9 @@ async def run_pipeline(run: Run, report: BenchReport, echo: Callable[[str], None
             while (rate := pick(report.pipeline)) is not None:
                 falls, pool = pool[: run.options.falls_per_step], pool[run.options.falls_per_step :]
                 start_end = await offsets.end()
+                trace.clear()
                 result = await play_step(run, "pipeline", rate, falls, processed, alerted, procs)
+                result.stages = stats.stage_rates(trace, result.seconds)
                 published += result.published
                 report.pipeline.append(result)
                 echo(step_line(result))
@@ -534,6 +556,7 @@ def step_line(r: stats.StepResult) -> str:
         f"p50 {r.p(50) * 1000:,.0f} ms, p99 {r.p(99) * 1000:,.0f} ms -> "
         f"{'sustained' if r.sustained else 'NOT sustained'}, "
         f"{'p99 ≤ 1 s' if r.latency_ok else 'latency goal missed'}"
+        + "".join(f"; {name} {rate:,.0f}/s" for name, rate in r.stages.items())
     )
 
 

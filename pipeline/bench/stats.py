@@ -77,6 +77,7 @@ class StepResult:
     falls: int = 0  # fall alerts due during the step
     missing: int = 0  # of those, never alerted while measured
     note: str = ""
+    stages: dict[str, float] = field(default_factory=dict)  # msg/s through each stage
 
     @property
     def offered(self) -> float:
@@ -119,6 +120,20 @@ class StepResult:
     @property
     def passed(self) -> bool:
         return self.sustained and self.latency_ok
+
+
+def stage_rates(trace: Sequence[tuple[float, dict[str, int]]], seconds: float) -> dict[str, float]:
+    """Messages/s through each stage (counters read together at wall times), over the same
+    window as the verdict: from a quarter of the step to its end."""
+    if len(trace) < 2:
+        return {}
+    start = trace[0][0] + seconds / 4
+    end = trace[0][0] + seconds
+    window = [(t, c) for t, c in trace if start <= t <= end + 1] or list(trace)
+    (t0, first), (t1, last) = window[0], window[-1]
+    if t1 <= t0:
+        return {}
+    return {name: (last[name] - first[name]) / (t1 - t0) for name in first}
 
 
 def measured_window(samples: Sequence[Sample]) -> list[Sample]:
@@ -206,6 +221,16 @@ def step_rows(results: Sequence[StepResult]) -> list[str]:
     return lines
 
 
+def stage_lines(results: Sequence[StepResult]) -> list[str]:
+    """Where each step's messages went, stage by stage (the slowest one is the bottleneck)."""
+    lines = []
+    for r in results:
+        if r.stages:
+            parts = ", ".join(f"{name} {rate:,.0f}/s" for name, rate in r.stages.items())
+            lines.append(f"- {r.system} at {r.rate:,.0f} msg/s, through each stage: {parts}")
+    return [*lines, ""] if lines else []
+
+
 def summary(pipeline: Sequence[StepResult], baseline: Sequence[StepResult]) -> list[str]:
     """The verdict lines: each system's highest rate meeting both goals, and the ratio."""
     lines = []
@@ -252,6 +277,7 @@ def markdown_section(
         "",
         *step_rows([*pipeline, *baseline]),
         "",
+        *stage_lines(pipeline),
     ]
     if notes:
         lines += [*[f"- {note}" for note in notes], ""]

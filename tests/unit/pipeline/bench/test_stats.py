@@ -168,3 +168,23 @@ def test_markdown_section_has_the_date_machine_command_and_a_row_per_step() -> N
         "| pipeline | 1,000 | 1,000 | 1,000 | 0 (+0) | 10 (0) | 200 | 200 | 200 | yes | yes |"
     ]
     assert "- shared machine" in text
+
+
+def test_stage_rates_over_the_window() -> None:
+    trace = [
+        (100.0 + t, {"kafka": 1000 * t, "worker": 900 * t, "sink": 1000 * t - 50})
+        for t in range(41)
+    ]
+    rates = stats.stage_rates(trace, 40)
+    assert rates == {
+        "kafka": pytest.approx(1000),
+        "worker": pytest.approx(900),
+        "sink": pytest.approx(1000),
+    }
+    assert stats.stage_rates(trace[:1], 40) == {}
+    step_ = step(1000)
+    step_.stages = rates
+    assert stats.stage_lines([step_]) == [
+        "- pipeline at 1,000 msg/s, through each stage: kafka 1,000/s, worker 900/s, sink 1,000/s",
+        "",
+    ]
