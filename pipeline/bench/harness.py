@@ -66,6 +66,7 @@ class BenchReport:
     notes: list[str] = field(default_factory=list)
     workdir: str = ""
     counts: dict[str, int] = field(default_factory=dict)
+    machine: list[str] = field(default_factory=list)  # read at the start
 
 
 def free_port() -> int:
@@ -565,7 +566,7 @@ async def run_bench(
 ) -> BenchReport:
     workdir = Path(tempfile.mkdtemp(prefix="veilleuse-bench-"))
     run = Run(settings, options, workdir)
-    report = BenchReport(workdir=str(workdir))
+    report = BenchReport(workdir=str(workdir), machine=machine())
     report.notes.append(
         f"load: {options.lamps:,} lamps over {len(run.sites)} sites; a step plays the protocol's "
         f"mix at the asked rate ({PER_LAMP_RATE:.2f} msg/s per lamp at protocol rates, so "
@@ -680,7 +681,7 @@ def markdown(report: BenchReport, command: str, date: str) -> str:
     return stats.markdown_section(
         date=date,
         command=command,
-        machine=machine(),
+        machine=report.machine,
         pipeline=report.pipeline,
         baseline=report.baseline,
         notes=report.notes,
