@@ -496,6 +496,7 @@ def reindex(  # noqa: PLR0917 - click passes every option positionally
     help="Append a dated Markdown section to this file (e.g. BENCHMARKS.md).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Also print the results as one JSON line.")
+@click.option("--keep", is_flag=True, help="Leave the run's topics, indices, database, lamps.")
 @click.pass_context
 def bench(  # noqa: PLR0917 - click passes every option positionally
     ctx: click.Context,
@@ -512,6 +513,7 @@ def bench(  # noqa: PLR0917 - click passes every option positionally
     only: str | None,
     output: Path | None,
     as_json: bool,
+    keep: bool,
 ) -> None:
     """End-to-end throughput and fall-alert latency, against the old stack's design.
 
@@ -538,6 +540,7 @@ def bench(  # noqa: PLR0917 - click passes every option positionally
         falls_per_step=falls,
         max_steps=max(max_steps, len(asked)),
         publishers=publishers,
+        keep=keep,
         systems=(only,) if only else ("pipeline", "baseline"),
     )
     report = asyncio.run(harness.run_bench(_settings(ctx), options, click.echo))
