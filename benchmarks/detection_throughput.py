@@ -59,13 +59,12 @@ from typing import Any
 import orjson
 
 from pipeline import clients
+from pipeline.bench.probes import READY, REVOKED, AlertTail, Offsets, cpu_model
 from pipeline.settings import Settings, load_settings
-from pipeline.topics import ALERTS, LAMP_MESSAGES, ensure_topics, topic_name
+from pipeline.topics import LAMP_MESSAGES, ensure_topics, topic_name
 
 REPO = Path(__file__).resolve().parent.parent
 FALL_CONFIRM_MS = 30_000
-READY = re.compile(r"partitions ready: (\[.*\])")
-REVOKED = re.compile(r"revoked (\[.*\])")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 CHILDREN: list[subprocess.Popen[bytes]] = []
 
@@ -468,38 +467,6 @@ async def run_child(
     return out
 
 
-class Offsets:
-    """Committed offsets of a consumer group and end offsets of a topic, by admin queries."""
-
-    def __init__(self, settings: Settings, topic: str) -> None:
-        from aiokafka import TopicPartition
-
-        self.settings = settings
-        self.tps = [TopicPartition(topic, p) for p in range(settings.kafka.topic_partitions)]
-        self.admin = clients.admin_client(settings)
-        self.consumer = clients.consumer(settings, group_id=None)
-
-    async def __aenter__(self) -> Offsets:
-        await self.admin.start()
-        await self.consumer.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.consumer.stop()
-        await self.admin.close()
-
-    async def end(self) -> int:
-        ends = await self.consumer.end_offsets(self.tps)
-        return int(sum(ends.values()))
-
-    async def committed(self, group: str) -> int:
-        try:
-            offsets = await self.admin.list_consumer_group_offsets(group, partitions=self.tps)
-        except Exception:  # noqa: BLE001 - the group may not exist yet
-            return 0
-        return sum(max(o.offset, 0) for o in offsets.values())
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux), or NaN."""
     try:
@@ -662,62 +629,6 @@ async def changelog_stats(settings: Settings, topic: str, timeout_s: float = 60)
         await consumer.stop()
 
 
-class AlertTail:
-    """Follows ``alerts.v1`` read_committed; notes when each silent lamp's alert arrived."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.arrivals: dict[str, list[tuple[str, str, float]]] = {}
-        self.total = 0
-        self.task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> AlertTail:
-        from aiokafka import TopicPartition
-
-        topic = topic_name(self.settings, ALERTS)
-        self.consumer = clients.consumer(
-            self.settings, group_id=None, isolation_level="read_committed"
-        )
-        await self.consumer.start()
-        tps = [TopicPartition(topic, p) for p in range(self.settings.kafka.topic_partitions)]
-        self.consumer.assign(tps)
-        await self.consumer.seek_to_beginning(*tps)
-        self.task = asyncio.create_task(self._follow())
-        return self
-
-    async def _follow(self) -> None:
-        from schemas import decode
-
-        while True:
-            batch = await self.consumer.getmany(timeout_ms=100)
-            now = time.time()
-            for records in batch.values():
-                self.total += len(records)
-                for record in records:
-                    if record.key and record.key.startswith(b"S-"):
-                        alert = decode(record.value)[1]
-                        self.arrivals.setdefault(alert["lamp_id"], []).append(
-                            (alert["kind"], alert["state"], now)
-                        )
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        await self.consumer.stop()
-
-    def fall_arrival(self, lamp_id: str) -> float | None:
-        return next(
-            (
-                t
-                for kind, state, t in self.arrivals.get(lamp_id, [])
-                if (kind, state) == ("fall", "raised")
-            ),
-            None,
-        )
-
-
 async def latency_phase(base: Settings, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     prefix = f"bench{uuid.uuid4().hex[:6]}l."
     settings = with_prefix(base, prefix)
@@ -731,7 +642,7 @@ async def latency_phase(base: Settings, args: argparse.Namespace, workdir: Path)
         await asyncio.sleep(2)  # caught up on the empty topic, ticking
         async with (
             Offsets(settings, topic_name(settings, LAMP_MESSAGES)) as offsets,
-            AlertTail(settings) as alerts,
+            AlertTail(settings, lambda key: key.startswith(b"S-")) as alerts,
         ):
             spec = {
                 "prefix": prefix,
@@ -848,14 +759,6 @@ def code_fingerprint() -> str:
     newest = max(f.stat().st_mtime for f in files)
     when = datetime.fromtimestamp(newest, UTC).strftime("%Y-%m-%d %H:%M:%S")
     return f"{digest.hexdigest()[:12]} (newest file {when} UTC)"
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 async def delete_topics(settings: Settings, prefixes: list[str]) -> None:

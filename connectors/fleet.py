@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from paho.mqtt.enums import MQTTProtocolVersion
+
 from connectors.mqtt_asyncio import AsyncioMqtt
 from pipeline.lamps import Credential
 from pipeline.settings import MqttBroker
@@ -28,7 +30,11 @@ class LampConnection:
 
 class Fleet:
     def __init__(
-        self, broker: MqttBroker, credentials: Iterable[Credential], max_inflight: int = 200
+        self,
+        broker: MqttBroker,
+        credentials: Iterable[Credential],
+        max_inflight: int = 200,
+        protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5,
     ) -> None:
         self.broker = broker
         self.lamps: dict[str, LampConnection] = {}
@@ -42,6 +48,7 @@ class Fleet:
                 tls=broker.tls,
                 ca_file=str(broker.ca_file) if broker.ca_file else None,
                 max_inflight_out=max_inflight,
+                protocol=protocol,
             )
             lamp = LampConnection(credential, connection)
             connection.client.on_publish = self._on_publish(lamp)

@@ -187,7 +187,11 @@ class AsyncioMqtt:
                 self.host,
                 self.port,
                 keepalive=self.keepalive_s,
-                clean_start=self.clean_start if self.protocol == mqtt.MQTTv5 else True,
+                # paho refuses any clean_start but its default under MQTT 3.1.1 (the clean
+                # session flag is set at construction there).
+                clean_start=self.clean_start
+                if self.protocol == mqtt.MQTTv5
+                else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
                 properties=properties,
             )
         except OSError as exc:

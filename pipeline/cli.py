@@ -665,6 +665,119 @@ def demo(ctx: click.Context, seed: int, workers: int, no_stack: bool, keep: bool
     sys.exit(asyncio.run(run_demo(run, stack=not no_stack)))
 
 
+# -- bench (issue #7): the whole pipeline against the old stack's design --------------------------
+
+
+@cli.command()
+@click.option("--lamps", default=2000, show_default=True, help="Lamps of the fleet.")
+@click.option("--sites", default=20, show_default=True, help="Sites the lamps are spread over.")
+@click.option("--duration", default=40.0, show_default=True, help="Seconds of load per step.")
+@click.option(
+    "--rates",
+    help="Comma-separated msg/s to play, in order (for both systems); default: --find-max.",
+)
+@click.option("--find-max", is_flag=True, help="Search each system's highest rate (the default).")
+@click.option("--start-rate", default=1000.0, show_default=True, help="Pipeline search start.")
+@click.option(
+    "--baseline-start-rate", default=100.0, show_default=True, help="Baseline search start."
+)
+@click.option("--falls", default=10, show_default=True, help="Silent falls per step.")
+@click.option("--max-steps", default=5, show_default=True, help="Steps per system at most.")
+@click.option(
+    "--publishers", default=2, show_default=True, help="Processes playing the lamp fleet."
+)
+@click.option(
+    "--only",
+    type=click.Choice(["pipeline", "baseline"]),
+    help="Run one system only (no ratio).",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Append a dated Markdown section to this file (e.g. BENCHMARKS.md).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Also print the results as one JSON line.")
+@click.option("--keep", is_flag=True, help="Leave the run's topics, indices, database, lamps.")
+@click.pass_context
+def bench(  # noqa: PLR0917 - click passes every option positionally
+    ctx: click.Context,
+    lamps: int,
+    sites: int,
+    duration: float,
+    rates: str | None,
+    find_max: bool,
+    start_rate: float,
+    baseline_start_rate: float,
+    falls: int,
+    max_steps: int,
+    publishers: int,
+    only: str | None,
+    output: Path | None,
+    as_json: bool,
+    keep: bool,
+) -> None:
+    """End-to-end throughput and fall-alert latency, against the old stack's design.
+
+    Steps of load through MQTT → connector → Kafka → detection worker and sinks, then the same
+    steps through the baseline (one process writing each message to PostgreSQL and
+    Elasticsearch synchronously). See docs/bench.md.
+    """
+    import asyncio
+    import shlex
+    from datetime import UTC, datetime
+
+    from pipeline.bench import harness, stats
+
+    if rates and find_max:
+        raise click.UsageError("--rates and --find-max exclude each other")
+    asked = tuple(float(r) for r in rates.split(",")) if rates else ()
+    options = harness.BenchOptions(
+        lamps=lamps,
+        sites=sites,
+        duration_s=duration,
+        rates=asked,
+        start_rate=start_rate,
+        baseline_start_rate=baseline_start_rate,
+        falls_per_step=falls,
+        max_steps=max(max_steps, len(asked)),
+        publishers=publishers,
+        keep=keep,
+        systems=(only,) if only else ("pipeline", "baseline"),
+    )
+    report = asyncio.run(harness.run_bench(_settings(ctx), options, click.echo))
+    click.echo("")
+    for line in [
+        *stats.summary(report.pipeline, report.baseline),
+        "",
+        *stats.step_rows([*report.pipeline, *report.baseline]),
+        "",
+        *stats.stage_lines(report.pipeline),
+        *report.notes,
+        "stored: " + ", ".join(f"{k} {v:,}" for k, v in sorted(report.counts.items())),
+    ]:
+        click.echo(line)
+    if as_json:
+        click.echo(harness.as_json(report))
+    if output is not None:
+        command = "veilleuse bench " + shlex.join(sys.argv[2:])
+        date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        with output.open("a") as out:
+            out.write("\n" + harness.markdown(report, command, date))
+        click.echo(f"appended to {output}")
+
+
+@cli.command("bench-baseline", hidden=True)
+@click.option("--site", "sites", multiple=True, required=True)
+@click.option("--index", required=True, help="Elasticsearch index of the messages.")
+@click.option("--client-id", required=True)
+@click.pass_context
+def bench_baseline(ctx: click.Context, sites: tuple[str, ...], index: str, client_id: str) -> None:
+    """The bench's baseline: the old stack's one-message-at-a-time worker (docs/bench.md)."""
+    from pipeline.bench.baseline import run_baseline
+
+    run_baseline(_settings(ctx), sites=list(sites), index=index, client_id=client_id)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)
