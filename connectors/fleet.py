@@ -105,3 +105,22 @@ class Fleet:
 
     async def close(self) -> None:
         await asyncio.gather(*(lamp.mqtt.close() for lamp in self.lamps.values()))
+
+
+async def connect_fleet(
+    broker: MqttBroker, credentials: list[Credential], *, timeout_s: float = 10, **options: Any
+) -> Fleet:
+    """A fleet whose every lamp is connected, for lamps provisioned a moment ago: the broker
+    re-reads its password file asynchronously after a reload, so early refusals are retried."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        fleet = Fleet(broker, credentials, **options)
+        try:
+            await fleet.connect()
+            return fleet
+        except ConnectionError:
+            await fleet.close()
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.3)

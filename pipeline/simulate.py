@@ -60,7 +60,7 @@ async def lamp_fleet(
 ) -> AsyncIterator[tuple[Fleet, list[Credential]]]:
     """Provision the simulation's lamps on the local broker and connect each with its own
     credentials; revoke them afterwards unless ``keep``."""
-    from connectors.fleet import Fleet
+    from connectors.fleet import connect_fleet
     from pipeline.stack.context import StackContext
     from pipeline.stack.mosquitto import Mosquitto
 
@@ -72,21 +72,16 @@ async def lamp_fleet(
     broker = Mosquitto(StackContext(settings))
     creds = broker.credentials().provision(config.lamp_ids())
     broker.reload()
-    fleet = Fleet(settings.mqtt.brokers[0], creds)
+    fleet: Fleet | None = None
     try:
-        for attempt in range(50):  # the broker re-reads its password file asynchronously
-            try:
-                await fleet.connect()
-                break
-            except ConnectionError:
-                await fleet.close()
-                fleet = Fleet(settings.mqtt.brokers[0], creds)
-                await asyncio.sleep(0.2 * attempt)
-        else:
-            raise SimulationError("the lamps could not connect to the broker")
+        try:
+            fleet = await connect_fleet(settings.mqtt.brokers[0], creds, timeout_s=30)
+        except ConnectionError as exc:
+            raise SimulationError(f"the lamps could not connect to the broker: {exc}") from exc
         yield fleet, creds
     finally:
-        await fleet.close()
+        if fleet is not None:
+            await fleet.close()
         if not keep:
             broker.credentials().revoke([c.lamp_id for c in creds])
             broker.reload()

@@ -202,7 +202,7 @@ async def connector_with_lamps(
 ) -> AsyncIterator[tuple[Any, Any, list[Credential]]]:
     """A connector (own share group, session discarded after) and a connected lamp fleet with
     freshly provisioned credentials (revoked after)."""
-    from connectors.fleet import Fleet
+    from connectors.fleet import Fleet, connect_fleet
     from connectors.mqtt_asyncio import discard_session
     from connectors.mqtt_source import MqttSource
 
@@ -218,20 +218,14 @@ async def connector_with_lamps(
     broker.reload()
     source, stop = MqttSource(isolated), asyncio.Event()
     running = asyncio.create_task(source.run(stop))
-    fleet = Fleet(settings.mqtt.brokers[0], creds)
+    fleet: Fleet | None = None
     try:
         await asyncio.wait_for(source.ready(), 30)
-        for attempt in range(50):  # the broker reloads its password file asynchronously
-            try:
-                await fleet.connect()
-                break
-            except ConnectionError:
-                await fleet.close()
-                fleet = Fleet(settings.mqtt.brokers[0], creds)
-                await asyncio.sleep(0.2 * attempt)
+        fleet = await connect_fleet(settings.mqtt.brokers[0], creds, timeout_s=30)
         yield source, fleet, creds
     finally:
-        await fleet.close()
+        if fleet is not None:
+            await fleet.close()
         stop.set()
         await running
         broker.credentials().revoke([c.lamp_id for c in creds])

@@ -171,6 +171,7 @@ class Run:
             "VEILLEUSE_SINK__POSTGRES_METRICS_PORT": "0",
             "VEILLEUSE_SINK__ELASTICSEARCH_METRICS_PORT": "0",
             "VEILLEUSE_DETECTION__METRICS_PORT": "0",
+            "VEILLEUSE_DETECTION__LIVE_PORT": "0",
             "VEILLEUSE_DETECTION__APP_ID": f"{self.prefix}detection",
             "VEILLEUSE_LOG_FORMAT": "json",
             "VEILLEUSE_LOG_LEVEL": "INFO",

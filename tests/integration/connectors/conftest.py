@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from connectors.fleet import Fleet
+from connectors.fleet import Fleet, connect_fleet
 from connectors.mqtt_asyncio import discard_session
 from pipeline import clients
 from pipeline.lamps import Credential
@@ -214,17 +214,7 @@ async def fleet_of(settings: Settings) -> AsyncIterator[Callable[[LampSet], Any]
     fleets: list[Fleet] = []
 
     async def make(lamps: LampSet, broker: MqttBroker | None = None) -> Fleet:
-        deadline = time.monotonic() + 10
-        while True:  # the broker reloads its password file asynchronously
-            fleet = Fleet(broker or settings.mqtt.brokers[0], lamps.credentials)
-            try:
-                await fleet.connect()
-                break
-            except ConnectionError:
-                await fleet.close()
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.3)
+        fleet = await connect_fleet(broker or settings.mqtt.brokers[0], lamps.credentials)
         fleets.append(fleet)
         return fleet
 
