@@ -48,6 +48,13 @@ from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# A batch whose transaction failed on a retriable Kafka error is sent again this many times in
+# all, waiting 0.5, 1, 2, 4 s between: a partition leader elected meanwhile lets it through;
+# after that the worker stops and its partitions move to another worker.
+COMMIT_ATTEMPTS = 5
+COMMIT_RETRY_FIRST_S = 0.5
+COMMIT_RETRY_MAX_S = 4.0
+
 
 class StreamingError(VeilleuseError):
     """The batch path could not commit; the worker stops and its partitions move on."""
@@ -429,7 +436,7 @@ class BatchProcessor(Service):
                 agent.advance(partition, wall)
         result = agent.take_result()
         if offsets or result.produce or any(result.changelog.values()):
-            await self._commit(result, offsets)
+            await self._commit_retrying(result, offsets)
         if self.metrics is not None:
             for tp in offsets:
                 waiting = self.buffers.get(tp)
@@ -465,21 +472,48 @@ class BatchProcessor(Service):
         log.debug("partition %d behind: position %s, highwater %s", partition, position, highwater)
         return self.ingest_clock.get(partition)
 
+    async def _commit_retrying(self, result: BatchResult, offsets: Mapping[TP, int]) -> None:
+        """Commit the batch; a retriable Kafka error (a partition without a leader for a
+        while) aborts the transaction and sends the same outputs again in a new one."""
+        from aiokafka.errors import KafkaError
+
+        delay = COMMIT_RETRY_FIRST_S
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                await self._commit(result, offsets)
+                return
+            except KafkaError as exc:
+                if not exc.retriable or attempt == COMMIT_ATTEMPTS:
+                    raise
+                log.warning(
+                    "transaction aborted (%s: %s); sending the batch again in %.1f s (%d/%d)",
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                    attempt,
+                    COMMIT_ATTEMPTS,
+                    extra={"component": self.agent.name},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, COMMIT_RETRY_MAX_S)
+
     async def _send_changelog(
         self, topic: str, partition: int, items: Mapping[bytes, bytes | None]
-    ) -> None:
+    ) -> list[asyncio.Future[Any]]:
         # Whole batches rather than one send per record: the changelog is the bulk of what a
         # batch writes, and per-record sends would cost more than the rules themselves.
         producer = self.producer
+        sent = []
         batch = producer.create_batch()
         for key, value in items.items():
             if batch.append(key=key, value=value, timestamp=None) is None:
                 batch.close()
-                await producer.send_batch(batch, topic, partition=partition)
+                sent.append(await producer.send_batch(batch, topic, partition=partition))
                 batch = producer.create_batch()
                 batch.append(key=key, value=value, timestamp=None)
         batch.close()
-        await producer.send_batch(batch, topic, partition=partition)
+        sent.append(await producer.send_batch(batch, topic, partition=partition))
+        return sent
 
     async def _commit(self, result: BatchResult, offsets: Mapping[TP, int]) -> None:
         from aiokafka import TopicPartition
@@ -489,20 +523,27 @@ class BatchProcessor(Service):
         began = time.perf_counter()
         await producer.begin_transaction()
         logged: list[tuple[Produce, asyncio.Future[Any]]] = []
+        deliveries: list[asyncio.Future[Any]] = []
         try:
             for item in result.produce:
                 sent = await producer.send(
                     item.topic, item.value, key=item.key, headers=item.headers
                 )
+                deliveries.append(sent)
                 if item.log is not None:
                     logged.append((item, sent))
             for partition, items in result.changelog.items():
-                await self._send_changelog(changelog_topic, partition, items)
+                deliveries += await self._send_changelog(changelog_topic, partition, items)
             if offsets:
                 await producer.send_offsets_to_transaction(
                     {TopicPartition(tp.topic, tp.partition): o for tp, o in offsets.items()},
                     self.app.conf.id,
                 )
+            # aiokafka fails a batch whose partition has had no leader for request_timeout_ms
+            # (NotLeaderForPartitionError) without failing the transaction, whose commit then
+            # succeeds without that batch: an alert lost while its input's offset is committed.
+            # Every delivery must have succeeded before the commit.
+            await asyncio.gather(*deliveries)
             await producer.commit_transaction()
         except BaseException:
             if producer._txn_manager is not None and producer._txn_manager.is_in_transaction():
@@ -528,7 +569,7 @@ async def _log_committed(logged: Sequence[tuple[Produce, asyncio.Future[Any]]]) 
     """Log the records that asked for it, where Kafka put them."""
     for item, sent in logged:
         message, context = item.log or ("", {})
-        metadata = await sent  # resolved: the transaction committed
+        metadata = sent.result()  # delivered before the commit (see _commit)
         log.info(
             message,
             extra={

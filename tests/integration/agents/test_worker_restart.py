@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from tests.integration.agents.conftest import AlertTail, DetectionRun, LampSender
+from tests.integration.agents.flaky_delivery_worker import COMMITTED_WITHOUT
 
 SITE = "it-home-3"
 
@@ -51,3 +52,25 @@ async def test_a_worker_that_cannot_commit_exits_non_zero(detection_run: Detecti
     code = await asyncio.to_thread(worker.proc.wait, 60)
     assert code != 0
     assert "injected: the transaction cannot commit" in worker.log_file.read_text()
+
+
+async def test_an_alert_kafka_refused_is_sent_again_not_committed_without(
+    detection_run: DetectionRun,
+) -> None:
+    """A delivery that failed (aiokafka fails a batch whose partition had no leader for a
+    while, yet lets the transaction commit) aborts the transaction; the batch is sent again
+    and its alert arrives once, the worker running on."""
+    run = detection_run
+    script = str(Path(__file__).with_name("flaky_delivery_worker.py"))
+    worker = run.worker("w1", script=script)
+    await asyncio.to_thread(run.wait_for_assignment, [worker])
+    async with AlertTail(run.settings) as tail, LampSender(run.settings) as lamps:
+        await lamps.send(SITE, "L-9", "button", accessory_id="cord", action="press")
+        raised = await tail.wait_for(1, lambda a: a["kind"] == "help_requested", 30)
+        await asyncio.sleep(2)
+        alerts = [a for a, _ in tail.alerts]
+    assert len(raised) == 1, worker.log_tail()
+    assert len(alerts) == 1, alerts
+    assert worker.alive()
+    assert "transaction aborted (NotLeaderForPartitionError" in worker.output()
+    assert COMMITTED_WITHOUT not in worker.output()
