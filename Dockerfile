@@ -4,8 +4,9 @@
 #
 # Reproducible: the base image is an ARG that CI pins by digest (python:3.11-slim@sha256:...),
 # every Python package comes at the version of constraints.txt, and no build step reads the
-# network except pip. Built and checked offline only by tests/unit/k8s/test_dockerfile.py: the
-# development machines have no Docker engine.
+# network except pip. The development machines have no Docker engine: checked offline by
+# tests/unit/k8s/test_dockerfile.py, and built and run with buildah and podman on a stand-in
+# base by k8s/build-image-without-docker.sh (k8s/README.md).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
@@ -23,12 +24,14 @@ RUN python -m venv /opt/veilleuse \
     && /opt/veilleuse/bin/pip install --constraint constraints.txt /src
 # migrations/ is not in the wheel: pipeline.migrations looks for it beside the installed
 # packages, so it goes exactly where that module says, and the build fails if it cannot see it.
+# `python -P`: without it `python -c` puts the working folder /src first on sys.path and imports
+# the source tree's pipeline/, not the installed one (MIGRATIONS_DIR would be /src/...).
 # The root filesystem is read-only at run time: bytecode is compiled here, never at start.
 COPY migrations/postgres ./migrations/postgres
-RUN target="$(/opt/veilleuse/bin/python -c 'from pipeline.migrations import MIGRATIONS_DIR; print(MIGRATIONS_DIR)')" \
+RUN target="$(/opt/veilleuse/bin/python -P -c 'from pipeline.migrations import MIGRATIONS_DIR; print(MIGRATIONS_DIR)')" \
     && mkdir -p "$target" \
     && cp migrations/postgres/*.sql "$target"/ \
-    && /opt/veilleuse/bin/python -c 'from pipeline.migrations import discover; assert discover()' \
+    && /opt/veilleuse/bin/python -P -c 'from pipeline.migrations import discover; assert discover()' \
     && /opt/veilleuse/bin/veilleuse --help >/dev/null \
     && /opt/veilleuse/bin/python -m compileall -q /opt/veilleuse/lib
 
@@ -40,9 +43,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
     PATH=/opt/veilleuse/bin:$PATH
 # A fixed numeric uid, so that Kubernetes' runAsNonRoot can check it without /etc/passwd.
+# /app made here: buildah's WORKDIR does not put the folder in the image (BuildKit's does).
 RUN groupadd --system --gid 10001 veilleuse \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
-       --shell /usr/sbin/nologin veilleuse
+       --shell /usr/sbin/nologin veilleuse \
+    && mkdir -p /app
 COPY --from=build /opt/veilleuse /opt/veilleuse
 # Settings come from the environment only: an empty, root-owned working folder has no .env.
 WORKDIR /app

@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo smoke test install stack stack-down lint format typecheck unit integration clean
+.PHONY: demo smoke test install stack stack-down lint format typecheck unit integration clean \
+	image-check
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
@@ -58,6 +59,11 @@ integration: stack
 
 test: stack lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Optional, not part of `test`: build the Dockerfile with buildah and run the image with podman
+# on a debootstrapped stand-in for the python base (as root, Debian; k8s/README.md).
+image-check:
+	k8s/build-image-without-docker.sh
 
 clean: stack-down
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -86,6 +86,16 @@ def test_the_migrations_go_where_pipeline_migrations_finds_them() -> None:
     assert "from pipeline.migrations import discover; assert discover()" in text
 
 
+def test_the_build_step_imports_the_installed_pipeline_not_the_source_tree() -> None:
+    # The build's WORKDIR holds the sources: a plain `python -c` puts it first on sys.path and
+    # imports the source tree's pipeline/: MIGRATIONS_DIR is then /src/migrations/postgres and
+    # the build fails (cp: 'are the same file'). Found by k8s/build-image-without-docker.sh.
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    calls = re.findall(r"python((?: -\w)*) -c '(?:from|import) pipeline", text)
+    assert len(calls) == 2
+    assert all("-P" in flags.split() for flags in calls)
+
+
 def test_the_base_image_is_one_argument_for_both_stages() -> None:
     froms = [rest for keyword, rest in instructions() if keyword == "FROM"]
     assert froms == ["${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE}"]
