@@ -48,9 +48,9 @@ from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# A batch whose transaction failed on a retriable Kafka error is sent again this many times in
-# all, waiting 0.5, 1, 2, 4 s between: a partition leader elected meanwhile lets it through;
-# after that the worker stops and its partitions move to another worker.
+# A batch whose transaction failed on a Kafka error is sent again, by a fresh producer, this
+# many times in all, waiting 0.5, 1, 2, 4 s between: a partition leader elected meanwhile lets
+# it through; after that the worker stops and its partitions move to another worker.
 COMMIT_ATTEMPTS = 5
 COMMIT_RETRY_FIRST_S = 0.5
 COMMIT_RETRY_MAX_S = 4.0
@@ -351,6 +351,11 @@ class BatchProcessor(Service):
     # -- lifecycle -------------------------------------------------------------------------
 
     async def on_start(self) -> None:
+        await self._start_producer()
+
+    async def _start_producer(self) -> None:
+        """(Re)start the transactional producer: starting registers the transactional id,
+        which aborts whatever its previous producer left open and fences that producer."""
         from aiokafka import AIOKafkaProducer
 
         self.producer = AIOKafkaProducer(
@@ -363,6 +368,15 @@ class BatchProcessor(Service):
         )
         await self.producer.start()
         log.info("transactional producer %s started", self.transactional_id)
+
+    async def _restart_producer(self) -> None:
+        """After a failed delivery the producer's sequence numbers no longer match the broker's
+        (the next send would fail with OutOfOrderSequenceNumber): start a fresh one."""
+        old, self.producer = self.producer, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.stop(), 10)
+        await self._start_producer()
 
     async def on_stop(self) -> None:
         if self.producer is not None:
@@ -475,15 +489,17 @@ class BatchProcessor(Service):
     async def _commit_retrying(self, result: BatchResult, offsets: Mapping[TP, int]) -> None:
         """Commit the batch; a retriable Kafka error (a partition without a leader for a
         while) aborts the transaction and sends the same outputs again in a new one."""
-        from aiokafka.errors import KafkaError
+        from aiokafka.errors import KafkaError, ProducerFenced
 
         delay = COMMIT_RETRY_FIRST_S
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             try:
                 await self._commit(result, offsets)
                 return
+            except ProducerFenced:
+                raise  # another worker took our identity: this one is the zombie
             except KafkaError as exc:
-                if not exc.retriable or attempt == COMMIT_ATTEMPTS:
+                if attempt == COMMIT_ATTEMPTS:
                     raise
                 log.warning(
                     "transaction aborted (%s: %s); sending the batch again in %.1f s (%d/%d)",
@@ -495,6 +511,7 @@ class BatchProcessor(Service):
                     extra={"component": self.agent.name},
                 )
                 await asyncio.sleep(delay)
+                await self._restart_producer()
                 delay = min(delay * 2, COMMIT_RETRY_MAX_S)
 
     async def _send_changelog(
@@ -548,8 +565,8 @@ class BatchProcessor(Service):
         except BaseException:
             if producer._txn_manager is not None and producer._txn_manager.is_in_transaction():
                 try:
-                    await producer.abort_transaction()
-                except Exception:
+                    await asyncio.wait_for(producer.abort_transaction(), 10)
+                except Exception:  # the next producer's start aborts it in any case
                     log.exception("abort failed")
             raise
         # The table mirrors the committed state: standbys and the next recovery read the same.
