@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import io
 import json
@@ -59,7 +58,7 @@ from typing import Any
 import orjson
 
 from pipeline import clients
-from pipeline.bench.probes import READY, REVOKED, AlertTail, Offsets, cpu_model
+from pipeline.bench.probes import AlertTail, Offsets, cpu_model, ready_at
 from pipeline.settings import Settings, load_settings
 from pipeline.topics import LAMP_MESSAGES, ensure_topics, topic_name
 
@@ -498,32 +497,15 @@ def start_worker(
     return spawn(argv, log, worker_env(prefix, app_id, metrics_port))
 
 
-def log_lines(log: Path) -> list[dict[str, Any]]:
-    out = []
-    if log.exists():
-        for line in log.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                entry = json.loads(line)
-                if isinstance(entry, dict):
-                    out.append(entry)
-    return out
-
-
 async def wait_ready(
     proc: subprocess.Popen[bytes], log: Path, partitions: int, timeout_s: float = 120
 ) -> float:
     """Wall time (from the worker's own log) at which it had every partition ready."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        ready: set[int] = set()
-        for entry in log_lines(log):
-            msg = str(entry.get("msg", ""))
-            if match := READY.search(msg):
-                ready |= set(json.loads(match.group(1)))
-            elif match := REVOKED.search(msg):
-                ready -= set(json.loads(match.group(1)))
-            if len(ready) == partitions:
-                return datetime.fromisoformat(entry["ts"]).timestamp()
+        at = ready_at(log, partitions)
+        if at is not None:
+            return at
         if proc.poll() is not None:
             raise RuntimeError(f"worker exited with {proc.returncode}:\n{tail(log)}")
         await asyncio.sleep(0.1)
