@@ -14,6 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 from api.models import Check
 from pipeline import clients
 from pipeline.errors import VeilleuseError
+from pipeline.kafka_producer import KafkaWriteError, ResilientProducer
 from pipeline.live import live_key
 from pipeline.settings import Settings
 from pipeline.topics import ALERT_ACKS, LAMP_MESSAGES, topic_name
@@ -42,7 +43,10 @@ class Services:
             settings, request_timeout=settings.api.request_timeout_s
         )
         self.redis: Any = None
-        self.producer: Any = None
+        # Acknowledgements: the shared producer that replaces itself after a broker restart.
+        # Started in the background (the API answers without Kafka, 503 where it needs it).
+        self.producer = ResilientProducer(settings, component="api", request_timeout_ms=5000)
+        self._kafka_started: asyncio.Task[None] | None = None
         self.http: aiohttp.ClientSession | None = None
         self.partitioner = DefaultPartitioner()
         self.messages_topic = topic_name(settings, LAMP_MESSAGES)
@@ -56,8 +60,10 @@ class Services:
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.5))
 
     async def close(self) -> None:
-        if self.producer is not None:
-            await self.producer.stop()
+        if self._kafka_started is not None:
+            self._kafka_started.cancel()
+            await asyncio.gather(self._kafka_started, return_exceptions=True)
+        await self.producer.stop()
         if self.http is not None:
             await self.http.close()
         if self.redis is not None:
@@ -65,29 +71,40 @@ class Services:
         await self.elasticsearch.close()
         await self.pool.close()
 
-    async def kafka(self) -> Any:
-        """The producer of acknowledgements, started on first use (and again after a failure)."""
+    async def kafka(self, wait_s: float | None = None) -> ResilientProducer:
+        """The producer of acknowledgements once it reached Kafka (its start, begun on first
+        use, goes on in the background); :class:`ServiceUnavailableError` if that takes longer
+        than ``wait_s`` (the request timeout)."""
         async with self._producer_lock:
-            if self.producer is None:
-                producer = clients.producer(self.settings, request_timeout_ms=5000)
-                try:
-                    await asyncio.wait_for(producer.start(), self.settings.api.request_timeout_s)
-                except Exception as exc:
-                    await producer.stop()
-                    raise ServiceUnavailableError(f"Kafka unavailable: {exc}") from exc
-                self.producer = producer
-            return self.producer
+            if self._kafka_started is None:
+                self._kafka_started = asyncio.create_task(self.producer.start())
+            started = self._kafka_started
+        if not started.done():
+            wait = self.settings.api.request_timeout_s if wait_s is None else wait_s
+            try:
+                await asyncio.wait_for(asyncio.shield(started), wait)
+            except TimeoutError as exc:
+                raise ServiceUnavailableError(
+                    f"Kafka unavailable: not reachable within {wait:.0f} s"
+                ) from exc
+        return self.producer
 
     async def publish_ack(self, lamp_id: str, value: bytes) -> None:
-        producer = await self.kafka()
+        """Write an acknowledgement to alerts.acks.v1 within the request timeout, or
+        :class:`ServiceUnavailableError` (503): Kafka down, the caller tries again; a producer
+        wedged by a broker restart is replaced meanwhile and the record sent again."""
+        timeout = self.settings.api.request_timeout_s
+
+        async def write() -> None:
+            producer = await self.kafka(timeout)
+            await producer.send_and_wait(self.acks_topic, value, key=lamp_id.encode())
+
         try:
-            await asyncio.wait_for(
-                producer.send_and_wait(self.acks_topic, value, key=lamp_id.encode()),
-                self.settings.api.request_timeout_s,
-            )
-        except Exception as exc:
+            await asyncio.wait_for(write(), timeout)
+        except (KafkaWriteError, TimeoutError) as exc:
             raise ServiceUnavailableError(
-                f"Kafka: acknowledgement not written to {self.acks_topic}: {exc}"
+                f"Kafka unavailable: acknowledgement not written to {self.acks_topic} "
+                f"({str(exc) or f'not acknowledged within {timeout:.0f} s'})"
             ) from exc
 
     # -- live state of the workers -------------------------------------------------------------
@@ -95,7 +112,8 @@ class Services:
     async def live_hours(self, lamp_id: str) -> tuple[list[dict[str, Any]] | None, str | None]:
         """The lamp's open hours from the worker holding it; (None, why) when not available."""
         try:
-            producer = await self.kafka()
+            # The live part is optional: a Kafka that is down costs it, not the request's time.
+            producer = await self.kafka(wait_s=1.0)
             partitions = sorted(await producer.partitions_for(self.messages_topic))
             key = lamp_id.encode()
             partition = self.partitioner(key, partitions, partitions)

@@ -214,9 +214,14 @@ class AsyncioMqtt:
             if rc != mqtt.MQTT_ERR_SUCCESS and self.connected.is_set():
                 self._on_disconnect(None, None, None, mqtt.error_string(rc), None)
 
-    async def close(self) -> None:
+    async def close(self, session_expiry_s: int | None = None) -> None:
+        """Disconnect; ``session_expiry_s=0`` ends the session with it (MQTT 5 DISCONNECT)."""
         with contextlib.suppress(Exception):
-            self.client.disconnect()
+            properties = None
+            if session_expiry_s is not None and self.protocol == mqtt.MQTTv5:
+                properties = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+                properties.SessionExpiryInterval = session_expiry_s
+            self.client.disconnect(properties=properties)
         if self._misc_task is not None:
             self._misc_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -31,8 +32,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from connectors.ledger import AckLedger, Delivery
 from connectors.mqtt_asyncio import AsyncioMqtt
 from connectors.validation import Accepted, validate
-from pipeline import clients
 from pipeline.errors import VeilleuseError
+from pipeline.health import Health
+from pipeline.kafka_producer import KafkaWriteError, ResilientProducer
 from pipeline.settings import MqttBroker, Settings
 from pipeline.topics import LAMP_DLQ, LAMP_MESSAGES, topic_name
 
@@ -130,6 +132,7 @@ def _log_rejected(envelope: Envelope, metadata: Any) -> None:
         headers.get("reject.detail", b"").decode(errors="replace"),
         extra={
             "component": "connector",
+            "throttle": True,  # a flood of junk must not flood the log
             "lamp_id": envelope.key.decode(errors="replace") if envelope.key else None,
             "mqtt_topic": headers.get("mqtt.topic", b"").decode(errors="replace"),
             "topic": metadata.topic,
@@ -143,12 +146,14 @@ def _log_rejected(envelope: Envelope, metadata: Any) -> None:
 class BrokerConnection:
     """The connector's session with one source broker."""
 
-    def __init__(self, source: MqttSource, broker: MqttBroker) -> None:
+    def __init__(
+        self, source: MqttSource, broker: MqttBroker, client_id: str | None = None
+    ) -> None:
         settings = source.settings.mqtt
         self.source = source
         self.broker = broker
         self.ledger = AckLedger()
-        self.client_id = f"{settings.client_id}-{broker.name}"
+        self.client_id = client_id or f"{settings.client_id}-{broker.name}"
         self.mqtt = AsyncioMqtt(
             host=broker.host,
             port=broker.port,
@@ -173,6 +178,7 @@ class BrokerConnection:
         self.mqtt.on_connection_lost = self._on_lost
         self.lost = asyncio.Event()
         self.subscribed = asyncio.Event()
+        self.subscriptions_granted = 0  # SUBACKs so far: the restart guard waits for a new one
 
     def filters(self) -> list[str]:
         group = self.source.settings.mqtt.share_group
@@ -191,6 +197,9 @@ class BrokerConnection:
             dropped,
             extra={"component": "connector"},
         )
+        self.subscribe()
+
+    def subscribe(self) -> None:
         # Retain handling 1: retained messages only for a subscription that did not exist yet.
         options = SubscribeOptions(qos=1, retainHandling=1)
         self.mqtt.client.subscribe([(f, options) for f in self.filters()])
@@ -201,6 +210,7 @@ class BrokerConnection:
             log.error("broker %s refused subscriptions: %s", self.broker.name, refused)
             return
         self.source.metrics.subscribed.labels(self.broker.name).set(1)
+        self.subscriptions_granted += 1
         self.subscribed.set()
         log.info("subscribed on %s to %s", self.broker.name, self.filters())
 
@@ -214,18 +224,44 @@ class BrokerConnection:
         self.source.accept(self, message)
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Connect, and reconnect with jittered exponential backoff, until stopping."""
-        delay = 0.5
+        """Stay connected until stopping; replica 0 also keeps the restart guard and drains the
+        sessions of retired replicas (connectors/sessions.py)."""
+        from connectors.sessions import helpers_of
+
+        helpers = [asyncio.create_task(helper) for helper in helpers_of(self, stopping)]
+        try:
+            await self.stay_connected(stopping)
+        finally:
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+
+    async def stay_connected(self, stopping: asyncio.Event) -> None:
+        """Connect, and reconnect with jittered exponential backoff, until stopping.
+
+        The cap is short (``reconnect_max_s``, 2 s): lamps come back within seconds of a broker
+        restart, and on a broker that forgets shared subscriptions every second without ours
+        would be caught only by the restart guard.
+        """
+        first, cap = 0.2, self.source.settings.mqtt.reconnect_max_s
+        delay = first
         while not stopping.is_set():
             try:
                 await self.mqtt.connect()
             except ConnectionError as exc:
-                log.warning("MQTT %s: %s; retrying in %.1fs", self.broker.name, exc, delay)
+                wait = min(delay, cap) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
+                log.warning(
+                    "MQTT %s: %s; retrying in %.1fs",
+                    self.broker.name,
+                    exc,
+                    wait,
+                    extra={"component": "connector", "client_id": self.client_id},
+                )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), delay)
-                delay = min(delay * 2, 30.0) * random.uniform(0.8, 1.2)  # noqa: S311
+                    await asyncio.wait_for(stopping.wait(), wait)
+                delay = min(delay * 2, cap)
                 continue
-            delay = 0.5
+            delay = first
             lost, stop = (
                 asyncio.ensure_future(self.lost.wait()),
                 asyncio.ensure_future(stopping.wait()),
@@ -248,7 +284,21 @@ class MqttSource:
         self.in_flight = 0
         self.paused = False
         self.stopping = asyncio.Event()
-        self.producer: Any = None
+        self.health = Health(
+            "connector",
+            stall_after_s=settings.health.stall_after_s,
+            stuck_after_s=settings.health.stuck_after_s,
+            registry=self.metrics.registry,
+        )
+        self.health.backlog = lambda: self.in_flight
+        self.producer = ResilientProducer(
+            settings,
+            component="connector",
+            health=self.health,
+            linger_ms=self.config.linger_ms,
+            max_batch_size=self.config.batch_bytes,
+            request_timeout_ms=self.config.kafka_timeout_ms,
+        )
 
     # -- MQTT side (callbacks on the loop) -------------------------------------------------------
 
@@ -322,27 +372,7 @@ class MqttSource:
     # -- Kafka side ------------------------------------------------------------------------------
 
     async def _start_producer(self) -> None:
-        delay = 0.5
-        while True:
-            producer = clients.producer(
-                self.settings,
-                linger_ms=self.config.linger_ms,
-                max_batch_size=self.config.batch_bytes,
-                request_timeout_ms=self.config.kafka_timeout_ms,
-            )
-            try:
-                await producer.start()
-            except asyncio.CancelledError:
-                await producer.stop()
-                raise
-            except Exception as exc:  # noqa: BLE001 - any start failure: retry, never crash
-                await producer.stop()
-                log.warning("Kafka not reachable (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-                continue
-            self.producer = producer
-            return
+        await self.producer.start()
 
     async def _write_loop(self) -> None:
         while True:
@@ -355,10 +385,10 @@ class MqttSource:
                 future = await self.producer.send(
                     envelope.topic, envelope.value, key=envelope.key, headers=envelope.headers
                 )
-            except Exception as exc:  # noqa: BLE001 - Kafka down or slow: keep it, retry
+            except KafkaWriteError as exc:  # Kafka down or slow: keep it, retry
                 self._retry_later(envelope, exc)
                 continue
-            future.add_done_callback(lambda f, e=envelope: self._written(e, f))
+            future.add_done_callback(functools.partial(self._written, envelope))
 
     def _retry_later(self, envelope: Envelope, exc: BaseException) -> None:
         self.metrics.kafka_errors.inc()
@@ -366,7 +396,7 @@ class MqttSource:
             "Kafka write failed (%s: %s); retrying",
             type(exc).__name__,
             exc,
-            extra={"topic": envelope.topic, "component": "connector"},
+            extra={"topic": envelope.topic, "component": "connector", "throttle": True},
         )
         loop = asyncio.get_running_loop()
         loop.call_later(self.config.retry_backoff_s, self._requeue, envelope)
@@ -386,6 +416,7 @@ class MqttSource:
             self.metrics.rejected.labels(broker, envelope.reason).inc()
             _log_rejected(envelope, future.result())
         self.metrics.ack_latency.observe((time.time_ns() - envelope.delivery.received_ns) / 1e9)
+        self.health.progress()
         self.in_flight -= 1
         self.metrics.in_flight.set(self.in_flight)
         connection = envelope.connection
@@ -428,6 +459,7 @@ class MqttSource:
             log.info("stopped before Kafka was reachable; no MQTT message was taken")
             return
         stopping.cancel()
+        self.health.start()
         writer = asyncio.create_task(self._write_loop())
         sessions = [asyncio.create_task(c.run(self.stopping)) for c in self.connections]
         log.info(
@@ -481,9 +513,8 @@ class MqttSource:
         for task in [writer, *sessions]:
             task.cancel()
         await asyncio.gather(writer, *sessions, return_exceptions=True)
-        if self.producer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.producer.stop(), 10)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.producer.stop(), 10)
         log.info("stopped")
 
 
@@ -495,13 +526,19 @@ def run_connector(settings: Settings) -> None:
 
     async def main() -> None:
         registry = CollectorRegistry()
+        source = MqttSource(settings, registry)
         if settings.connector.metrics_port:
-            serve(registry, settings.connector.metrics_port)
+            serve(registry, settings.connector.metrics_port, source.health)
+        source.health.watch()
+        beating = asyncio.create_task(source.health.beat_forever())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await MqttSource(settings, registry).run(stop)
+        try:
+            await source.run(stop)
+        finally:
+            beating.cancel()
 
     asyncio.run(main())
 

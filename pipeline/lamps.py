@@ -28,6 +28,8 @@ from pipeline.errors import ProvisioningError
 
 SITE_ID = re.compile(r"^[a-z0-9-]{1,32}$")
 LAMP_ID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+# The connector's own control topics (the restart guard's markers, connectors/sessions.py).
+CONNECTOR_CONTROL_PREFIX = "veilleuse/connector"
 # Mosquitto 2's PBKDF2-SHA512 password hash: "$7$<iterations>$<salt>$<hash>", both base64.
 _PBKDF2_ITERATIONS = 101
 _SALT_BYTES = 12

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,6 +25,9 @@ from prometheus_client import (
     ProcessCollector,
     start_http_server,
 )
+
+if TYPE_CHECKING:
+    from pipeline.health import Health
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +39,40 @@ Partition = tuple[str, int]
 Offsets = Mapping[Partition, int | None]
 
 
-def serve(registry: CollectorRegistry, port: int) -> None:
-    """Serve ``registry`` on ``0.0.0.0:port``/metrics (Prometheus scrapes the pod's address)."""
+def serve(registry: CollectorRegistry, port: int, health: Health | None = None) -> None:
+    """Serve ``registry`` on ``0.0.0.0:port``/metrics (Prometheus scrapes the pod's address),
+    and with ``health`` its probes on ``/readyz`` and ``/livez`` (200 or 503, JSON reason)."""
     # The process's memory, CPU and file descriptors, which a custom registry lacks.
     with contextlib.suppress(ValueError):  # already registered: served twice in one process
         ProcessCollector(registry=registry)
-    start_http_server(port, addr="0.0.0.0", registry=registry)  # noqa: S104
+    if health is None:
+        start_http_server(port, addr="0.0.0.0", registry=registry)  # noqa: S104
+        return
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
+
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path in ("/readyz", "/livez"):
+            verdict = health.readiness() if path == "/readyz" else health.liveness()
+            body = verdict.body(component=health.component)
+            status = "200 OK" if verdict.ok else "503 Service Unavailable"
+            start_response(
+                status,
+                [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+            )
+            return [body]
+        return list(metrics_app(environ, start_response))
+
+    class _Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+            """Probes every few seconds are not news."""
+
+    server = make_server("0.0.0.0", port, app, ThreadingWSGIServer, handler_class=_Quiet)  # noqa: S104
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
 
 
 class ConsumerLag:
@@ -65,6 +97,12 @@ class ConsumerLag:
         )
         self.unfinished: dict[Partition, int] = {}
         self._shown: set[Partition] = set()
+        self._lags: dict[Partition, int] = {}
+
+    def total(self) -> int:
+        """The lag last published, over every partition (a component's backlog for its probes;
+        records in hand count until they are finished)."""
+        return sum(self._lags.values())
 
     def taken(self, topic: str, partition: int, first_offset: int) -> None:
         """Records of ``topic[partition]`` from ``first_offset`` on are in the component's hands."""
@@ -82,6 +120,7 @@ class ConsumerLag:
         """``partitions`` were revoked: what was taken from them is someone else's now."""
         for key in partitions:
             self.unfinished.pop(key, None)
+            self._lags.pop(key, None)
 
     def publish(self, ends: Offsets, positions: Offsets) -> dict[Partition, int]:
         """Set the gauge from end offsets and positions (both by partition); returns it."""
@@ -99,6 +138,7 @@ class ConsumerLag:
         for (topic, partition), lag in lags.items():
             self.gauge.labels(topic, str(partition)).set(lag)
         self._shown = set(lags)
+        self._lags = lags
         return lags
 
     async def watch(
@@ -237,8 +277,8 @@ class WorkerMetrics:
             self.deadline_latency.observe(latency / 1000)
             self.latencies_ms.append(latency)
 
-    def serve(self, port: int) -> None:
-        serve(self.registry, port)
+    def serve(self, port: int, health: Health | None = None) -> None:
+        serve(self.registry, port, health)
 
 
 def component_registries() -> dict[str, CollectorRegistry]:

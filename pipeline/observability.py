@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -71,6 +73,61 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# Loggers of the clients: during an outage they log every failed connection attempt, so their
+# lines are rate-limited by template (ours only when a call passes ``extra={"throttle": True}``).
+CLIENT_LOGGERS = ("aiokafka", "kafka", "faust", "mode", "elastic_transport", "redis", "psycopg")
+RATE_LIMIT_WINDOW_S = 10.0
+
+
+class RateLimit(logging.Filter):
+    """Lets the first line of a kind through, then at most one per window with a count.
+
+    A line's kind is its logger, level and message template (not its arguments): during an
+    outage or a flood of junk, the same failure logged thousands of times a second becomes one
+    line, then one line every ``window_s`` saying how many were left out, so that the log holds
+    kilobytes, not hundreds of megabytes. Lines of the pipeline's own loggers are limited only
+    when they ask to be (``extra={"throttle": True}``): an alert's log line is never hidden.
+    """
+
+    def __init__(
+        self,
+        window_s: float = RATE_LIMIT_WINDOW_S,
+        clients: tuple[str, ...] = CLIENT_LOGGERS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self.clients = clients
+        self.clock = clock
+        self.seen: dict[tuple[str, int, str], tuple[float, int]] = {}  # kind -> (shown, left out)
+        self._lock = threading.Lock()
+
+    def _limited(self, record: logging.LogRecord) -> bool:
+        if record.__dict__.get("throttle"):
+            return True
+        name = record.name
+        return any(name == c or name.startswith(f"{c}.") for c in self.clients)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._limited(record):
+            return True
+        kind = (record.name, record.levelno, str(record.msg))
+        now = self.clock()
+        with self._lock:
+            previous = self.seen.get(kind)
+            if previous is not None and now - previous[0] < self.window_s:
+                self.seen[kind] = (previous[0], previous[1] + 1)
+                return False
+            self.seen[kind] = (now, 0)
+            if len(self.seen) > 10_000:  # junk with varied templates cannot grow this forever
+                self.seen = {kind: (now, 0)}
+        if previous is not None and previous[1]:
+            record.msg = (
+                f"{record.msg} [{previous[1]} more like this in the last {now - previous[0]:.0f} s]"
+            )
+        return True
+
+
 def configure_logging(settings: Settings, component: str | None = None) -> None:
     """Log to stderr, JSON lines unless ``log_format`` is console; ``component`` (else
     :func:`configure_sentry`'s) names the process on lines that do not name it."""
@@ -79,6 +136,7 @@ def configure_logging(settings: Settings, component: str | None = None) -> None:
         handler.setFormatter(JsonFormatter(component))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RateLimit())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)

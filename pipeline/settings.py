@@ -69,6 +69,12 @@ class MqttBroker(_Section):
     port: int = Field(11883, ge=1, le=65535, description="Broker port.")
     tls: bool = Field(False, description="Connect with TLS.")
     ca_file: Path | None = Field(None, description="CA bundle for TLS.")
+    restart_guard: bool = Field(
+        True,
+        description="The broker forgets shared subscriptions when it restarts (Mosquitto 2.0): "
+        "replica 0 also holds a plain persistent subscription that catches what arrives before "
+        "they are back (docs/mqtt.md). false for EMQX.",
+    )
 
 
 class MqttSettings(_Section):
@@ -76,7 +82,8 @@ class MqttSettings(_Section):
 
     brokers: tuple[MqttBroker, ...] = Field(
         (MqttBroker(),),
-        description="Source brokers: a JSON list of {name, host, port, tls, ca_file}.",
+        description="Source brokers: a JSON list of {name, host, port, tls, ca_file, "
+        "restart_guard}.",
     )
     username: str = Field("veilleuse-connector", description="The connector's broker account.")
     password: SecretStr = Field(
@@ -96,6 +103,11 @@ class MqttSettings(_Section):
         3600, ge=1, description="How long the broker keeps a disconnected session's backlog."
     )
     keepalive_s: int = Field(30, ge=5, description="MQTT keep-alive interval.")
+    reconnect_max_s: float = Field(
+        2.0,
+        gt=0,
+        description="Cap of the jittered exponential backoff between MQTT connection attempts.",
+    )
 
 
 class ConnectorSettings(_Section):
@@ -121,6 +133,18 @@ class ConnectorSettings(_Section):
     )
     metrics_port: int = Field(
         19101, ge=0, le=65535, description="Prometheus /metrics port; 0 turns it off."
+    )
+    replicas: int = Field(
+        0,
+        ge=0,
+        description="Replicas of the StatefulSet; replica 0 drains the sessions of client ids "
+        "with ordinals from this up to max_ordinal (scaled-down replicas). 0: no draining.",
+    )
+    max_ordinal: int = Field(
+        16, ge=1, description="Ordinals below this are checked for retired sessions."
+    )
+    drain_interval_s: float = Field(
+        60.0, gt=0, description="How often replica 0 looks for retired sessions."
     )
 
 
@@ -425,6 +449,23 @@ class ApiSettings(_Section):
     )
 
 
+class HealthSettings(_Section):
+    """The probes of every long-running component (``VEILLEUSE_HEALTH__*``), on its metrics
+    port: ``/readyz`` and ``/livez``."""
+
+    stall_after_s: float = Field(
+        60.0,
+        gt=0,
+        description="Work waiting and no progress for this long: not ready, with the reason.",
+    )
+    stuck_after_s: float = Field(
+        300.0,
+        gt=0,
+        description="Event loop stuck, or no progress while every dependency answers, for this "
+        "long: not alive, and the process exits (status 70) for its supervisor to restart it.",
+    )
+
+
 class SentrySettings(_Section):
     """Error reporting (``VEILLEUSE_SENTRY__*``). No DSN, no reporting."""
 
@@ -509,6 +550,7 @@ class Settings(BaseSettings):
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
     redis: RedisSettings = RedisSettings()
     api: ApiSettings = ApiSettings()
+    health: HealthSettings = HealthSettings()
     sentry: SentrySettings = SentrySettings()
     stack: StackSettings = StackSettings()
 

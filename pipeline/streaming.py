@@ -43,6 +43,7 @@ from mode import Service
 
 from pipeline.clients import client_options
 from pipeline.errors import VeilleuseError
+from pipeline.health import Health
 from pipeline.records import KafkaRecord
 from pipeline.settings import Settings
 
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 # A batch whose transaction failed on a Kafka error is sent again, by a fresh producer, this
 # many times in all, waiting 0.5, 1, 2, 4 s between: a partition leader elected meanwhile lets
 # it through; after that the worker stops and its partitions move to another worker.
-COMMIT_ATTEMPTS = 5
 COMMIT_RETRY_FIRST_S = 0.5
 COMMIT_RETRY_MAX_S = 4.0
 
@@ -288,6 +288,15 @@ class BatchProcessor(Service):
         self.ingest_clock: dict[int, int] = {}
         self.producer: Any = None
         self.batches = 0
+        self.health = Health(
+            "worker",
+            stall_after_s=settings.health.stall_after_s,
+            stuck_after_s=settings.health.stuck_after_s,
+            registry=metrics.registry if metrics is not None else None,
+        )
+        self.health.backlog = lambda: (
+            self.buffered + (metrics.lag.total() if metrics is not None else 0)
+        )
         if not isinstance(app, StreamingApp):
             raise StreamingError("the app must be a StreamingApp")
         for topic in agent.topics:
@@ -352,6 +361,7 @@ class BatchProcessor(Service):
 
     async def on_start(self) -> None:
         await self._start_producer()
+        self.health.start()
 
     async def _start_producer(self) -> None:
         """(Re)start the transactional producer: starting registers the transactional id,
@@ -369,14 +379,14 @@ class BatchProcessor(Service):
         await self.producer.start()
         log.info("transactional producer %s started", self.transactional_id)
 
-    async def _restart_producer(self) -> None:
+    async def _drop_producer(self) -> None:
         """After a failed delivery the producer's sequence numbers no longer match the broker's
-        (the next send would fail with OutOfOrderSequenceNumber): start a fresh one."""
+        (the next send would fail with OutOfOrderSequenceNumber): the next attempt starts a
+        fresh one (see pipeline/kafka_producer.py for the same rule outside transactions)."""
         old, self.producer = self.producer, None
         if old is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(old.stop(), 10)
-        await self._start_producer()
 
     async def on_stop(self) -> None:
         if self.producer is not None:
@@ -399,6 +409,10 @@ class BatchProcessor(Service):
                     )
                     await self.crash(exc)
                     return
+
+    @Service.task
+    async def _beat(self) -> None:
+        await self.health.beat_forever()
 
     @Service.task
     async def _watch_lag(self) -> None:
@@ -461,6 +475,8 @@ class BatchProcessor(Service):
         self.batches += 1
         if self.metrics is not None:
             self.metrics.observe_batch(taken, elapsed, result)
+        if offsets:
+            self.health.progress()
 
     async def _partition_clock(self, partition: int, now_ms: int) -> int | None:
         """Wall time up to which the partition's input is known: now, once caught up.
@@ -487,31 +503,41 @@ class BatchProcessor(Service):
         return self.ingest_clock.get(partition)
 
     async def _commit_retrying(self, result: BatchResult, offsets: Mapping[TP, int]) -> None:
-        """Commit the batch; a retriable Kafka error (a partition without a leader for a
-        while) aborts the transaction and sends the same outputs again in a new one."""
+        """Commit the batch; a Kafka error (a partition without a leader for a while, the
+        broker restarting) aborts the transaction and sends the same outputs again in a new
+        one, from a fresh producer, for as long as Kafka may take to come back
+        (``health.stuck_after_s``); past that the worker stops, for its supervisor to restart
+        it and its partitions to move on."""
         from aiokafka.errors import KafkaError, ProducerFenced
 
         delay = COMMIT_RETRY_FIRST_S
-        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        give_up = time.monotonic() + self.settings.health.stuck_after_s
+        attempt = 0
+        while True:
+            attempt += 1
             try:
+                if self.producer is None:
+                    await self._start_producer()
                 await self._commit(result, offsets)
+                if self.health.problems:
+                    self.health.ok("kafka")
                 return
             except ProducerFenced:
                 raise  # another worker took our identity: this one is the zombie
             except KafkaError as exc:
-                if attempt == COMMIT_ATTEMPTS:
+                if self.should_stop or time.monotonic() > give_up:
                     raise
+                self.health.problem("kafka", f"{type(exc).__name__}: {exc}")
                 log.warning(
-                    "transaction aborted (%s: %s); sending the batch again in %.1f s (%d/%d)",
+                    "transaction aborted (%s: %s); sending the batch again in %.1f s (attempt %d)",
                     type(exc).__name__,
                     exc,
                     delay,
                     attempt,
-                    COMMIT_ATTEMPTS,
-                    extra={"component": self.agent.name},
+                    extra={"component": self.agent.name, "throttle": True},
                 )
                 await asyncio.sleep(delay)
-                await self._restart_producer()
+                await self._drop_producer()
                 delay = min(delay * 2, COMMIT_RETRY_MAX_S)
 
     async def _send_changelog(
@@ -567,7 +593,7 @@ class BatchProcessor(Service):
                 try:
                     await asyncio.wait_for(producer.abort_transaction(), 10)
                 except Exception:  # the next producer's start aborts it in any case
-                    log.exception("abort failed")
+                    log.exception("abort failed", extra={"throttle": True})
             raise
         # The table mirrors the committed state: standbys and the next recovery read the same.
         data = self.table.data

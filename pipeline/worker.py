@@ -74,7 +74,8 @@ def run_worker(settings: Settings, *, instance_id: str | None = None) -> None:
 
     app, processor = build_app(settings, instance_id=instance_id)
     if processor.metrics is not None:
-        processor.metrics.serve(settings.detection.metrics_port)
+        processor.metrics.serve(settings.detection.metrics_port, processor.health)
+    processor.health.watch()
     worker: Any = Worker(
         app,
         loglevel=settings.log_level,

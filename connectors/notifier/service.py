@@ -6,6 +6,11 @@
 - **Timers**: every ``poll_interval_s`` each replica claims the due jobs in Redis
   (:class:`~connectors.notifier.store.Timers`), sends, records the step, and schedules what
   follows (:mod:`connectors.notifier.policy`).
+- **Stores down** (Redis, PostgreSQL, Kafka restarted): neither loop dies. The timer loop polls
+  again with a capped back-off; the record loop retries the record it holds (its offset is not
+  committed meanwhile, its partitions are paused). Both report to :class:`~pipeline.health.Health`
+  (``/readyz`` turns 503 once work waits without progress), and one line says when a store
+  answers again. Timers fire late, never twice (the claims' leases, docs/notifier.md).
 
 See docs/notifier.md for the guarantees.
 """
@@ -15,14 +20,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter
 
 from connectors.notifier.channels import Channel, Delivery, Notification, channels_from_settings
 from connectors.notifier.policy import (
     AlertState,
+    Audience,
     Clock,
     SystemClock,
     Timings,
@@ -31,11 +37,21 @@ from connectors.notifier.policy import (
     first_notification,
     should_send,
 )
-from connectors.notifier.store import Claimed, Job, Journal, Step, Timers, alert_row
+from connectors.notifier.store import (
+    Claimed,
+    Job,
+    Journal,
+    Step,
+    Timers,
+    alert_row,
+    store_failure,
+)
 from pipeline import clients
+from pipeline.health import Health
 from pipeline.metrics import ConsumerLag, aiokafka_offsets, serve
 from pipeline.records import KafkaRecord
-from pipeline.settings import Settings
+from pipeline.retry import Backoff
+from pipeline.settings import HealthSettings, Settings
 from pipeline.topics import ALERT_ACKS, ALERTS, topic_name
 from schemas import SchemaError, decode, millis
 
@@ -44,10 +60,16 @@ log = logging.getLogger(__name__)
 COMPONENT = "notifier"
 ALERT_SCHEMA = "alert.v1"
 ACK_SCHEMA = "alert_ack.v1"
+# Longest wait between two attempts while a store is down: a store back after a restart is
+# used again within this (plus a claim's lease for a timer claimed as it went down).
+STORE_RETRY_MAX_S = 2.0
+
+T = TypeVar("T")
 
 
 class NotifierMetrics:
-    def __init__(self) -> None:
+    def __init__(self, health: HealthSettings | None = None) -> None:
+        health = health or HealthSettings()
         self.registry = CollectorRegistry()
         r = self.registry
         self.records = Counter(
@@ -74,9 +96,15 @@ class NotifierMetrics:
             registry=r,
         )
         self.lag = ConsumerLag("notifier", r)
+        self.health = Health(
+            COMPONENT,
+            stall_after_s=health.stall_after_s,
+            stuck_after_s=health.stuck_after_s,
+            registry=r,
+        )
 
     def serve(self, port: int) -> None:
-        serve(self.registry, port)
+        serve(self.registry, port, self.health)
 
 
 def _where(state: AlertState, record: KafkaRecord | None = None) -> dict[str, Any]:
@@ -93,6 +121,22 @@ def _where(state: AlertState, record: KafkaRecord | None = None) -> dict[str, An
 
 def _at(record: KafkaRecord) -> dict[str, Any]:
     return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+
+
+async def _idle(consumer: Any, wait_s: float, stop: asyncio.Event) -> None:
+    """Wait ``wait_s`` polling a paused consumer (it stays in its group). Records a newly
+    assigned partition returns meanwhile are not applied: the consumer is sent back to them,
+    so that no commit ever covers a record that was not applied."""
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while not stop.is_set():
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return
+        with contextlib.suppress(Exception):  # Kafka down too: its own loop reports it
+            fetched = await consumer.getmany(timeout_ms=max(1, min(200, int(left * 1000))))
+            for tp, messages in fetched.items():
+                if messages:
+                    consumer.seek(tp, messages[0].offset)
 
 
 class Notifier:
@@ -117,7 +161,12 @@ class Notifier:
         self.timers_journal = timers_journal
         self.channels = list(channels)
         self.clock = clock
-        self.metrics = metrics or NotifierMetrics()
+        self.metrics = metrics or NotifierMetrics(settings.health)
+        self.health = self.metrics.health
+        # Work waiting, for the probes: the due timers of the last poll (one, unknown, while
+        # Redis cannot be asked) and the records not applied yet.
+        self._due_timers = 0
+        self.health.backlog = lambda: self._due_timers + self.metrics.lag.total()
 
     # -- records ------------------------------------------------------------------------------
 
@@ -238,15 +287,27 @@ class Notifier:
         claimed = await asyncio.to_thread(
             self.timers.claim, now, self.config.ms(self.config.lease_s), self.config.claim_batch
         )
+        self._due_timers = len(claimed)
+        self.health.ok("redis")
         for job in claimed:
             if job.job.kind == "notify":
                 await self._notify(job)
             else:
                 await self._close(job)
+            self.health.ok("postgres")
+            self.health.progress()
+            self._due_timers -= 1
         return len(claimed)
 
     async def _finish(self, claimed: Claimed, following: tuple[Job, int] | None) -> None:
-        if not await asyncio.to_thread(self.timers.complete, claimed, following):
+        # The step is recorded: completing the timer is retried until Redis answers (its token
+        # stays valid until another claim, after the lease, takes it: then it is a lost claim,
+        # and the new claimer finds the step and does not send again).
+        complete = await self._until_stored(
+            lambda: asyncio.to_thread(self.timers.complete, claimed, following),
+            "timer completion",
+        )
+        if not complete:
             self.metrics.lost_claims.inc()
             log.warning(
                 "lease of %s ran out before it was completed",
@@ -262,7 +323,7 @@ class Notifier:
             return
         journal = self.timers_journal
         if not await journal.has_step(job.alert_id, "notified", job.slot):
-            sent = await self._send(state, job.slot)
+            sent = await self._send(state, job.slot, claimed.token)
             if not sent:
                 retry = self.clock.now_ms() + self.config.ms(self.config.retry_s)
                 await asyncio.to_thread(self.timers.reschedule, claimed, retry)
@@ -273,10 +334,15 @@ class Notifier:
             (Job("notify", job.alert_id, following.slot), following.due_ms) if following else None,
         )
 
-    async def _send(self, state: AlertState, slot: int) -> bool:
-        """Send slot ``slot`` and record it; False: nobody was reached, try again later."""
+    async def _send(self, state: AlertState, slot: int, lease_end_ms: int) -> bool:
+        """Send slot ``slot`` and record it; False: nobody was reached, try again later.
+        ``lease_end_ms``: when the claim of its timer runs out."""
         audience = self.timings.audience(slot)
         escalated = self.timings.escalates(slot)
+        if not escalated and audience is Audience.ALL_STAFF:
+            # Catching up after an outage may jump over the first all-staff slot: the first
+            # all-staff notification sent is the escalation, whatever its slot.
+            escalated = not await self.timers_journal.has_step(state.alert_id, "escalated", 1)
         recipients, nobody_on_duty = await self.timers_journal.recipients(state.site_id, audience)
         notification = Notification(
             alert_id=state.alert_id,
@@ -334,7 +400,15 @@ class Notifier:
         if escalated:
             escalation = {"slot": slot, "to": details["to"]}
             steps.insert(0, Step(state.alert_id, "escalated", 1, sent_ms, escalation))
-        for step, new in zip(steps, await self.timers_journal.steps(*steps), strict=True):
+        # Sent: record it now, waiting for PostgreSQL while the claim is ours (if the lease ran
+        # out first, the next claimer would not find the step and send again: at least once).
+        margin_ms = min(1000, self.config.ms(self.config.lease_s) // 4)
+        recorded = await self._until_stored(
+            lambda: self.timers_journal.steps(*steps),
+            "notification record",
+            until_ms=lease_end_ms - margin_ms,
+        )
+        for step, new in zip(steps, recorded, strict=True):
             if new:
                 self.metrics.steps.labels(step.step).inc()
         log.info(
@@ -361,23 +435,171 @@ class Notifier:
         await self._finish(claimed, None)
         log.info("alert %s closed", alert_id, extra={"component": COMPONENT, "alert_id": alert_id})
 
+    # -- stores down ---------------------------------------------------------------------------
+
+    def _store_down(
+        self, dependency: str, exc: BaseException, what: str, wait_s: float, **where: Any
+    ) -> None:
+        self.health.problem(dependency, f"{type(exc).__name__}: {exc}")
+        # One template per failing step and store, so that the rate limit (by template) keeps
+        # the first line of each: "timer poll failed" is not hidden by "record failed".
+        template = what + " failed, " + dependency + " unavailable (%s: %s); trying again in %.1f s"
+        log.warning(
+            template,
+            type(exc).__name__,
+            exc,
+            wait_s,
+            # Repeats every few seconds while the store is down: rate-limited.
+            extra={"component": COMPONENT, "dependency": dependency, "throttle": True, **where},
+        )
+
+    async def _until_stored(
+        self,
+        attempt: Callable[[], Awaitable[T]],
+        what: str,
+        *,
+        until_ms: int | None = None,
+    ) -> T:
+        """``attempt()`` until it succeeds while its store is down (another error, or
+        ``until_ms`` passed, raises: the caller's loop handles it)."""
+        backoff = Backoff(self.config.poll_interval_s, STORE_RETRY_MAX_S)
+        failed: set[str] = set()
+        while True:
+            try:
+                result = await attempt()
+            except Exception as exc:
+                dependency = store_failure(exc)
+                wait = backoff.next()
+                if dependency is None or (
+                    until_ms is not None and self.clock.now_ms() + wait * 1000 > until_ms
+                ):
+                    raise
+                self._store_down(dependency, exc, what, wait)
+                failed.add(dependency)
+                await self.timers_journal.close()
+                await asyncio.sleep(wait)
+                continue
+            for dependency in failed:
+                self.health.ok(dependency)
+            return result
+
     # -- loops --------------------------------------------------------------------------------
 
     async def timer_loop(self, stop: asyncio.Event) -> None:
+        backoff = Backoff(
+            self.config.poll_interval_s, max(STORE_RETRY_MAX_S, self.config.poll_interval_s)
+        )
         while not stop.is_set():
+            wait = self.config.poll_interval_s
             try:
                 busy = await self.run_due() >= self.config.claim_batch
-            except Exception:  # a store hiccup must not stop the notifier: retry next poll
-                log.exception("timer poll failed", extra={"component": COMPONENT})
+                backoff.reset()
+            except Exception as exc:  # a store down must not stop the notifier: poll again
+                dependency = store_failure(exc)
+                wait = backoff.next()
+                self._due_timers = max(self._due_timers, 1)  # unknown: assume some are due
+                if dependency is not None:
+                    self._store_down(dependency, exc, "timer poll", wait)
+                else:  # not a store: a bug; /livez reports it if it never heals
+                    log.exception(
+                        "timer poll failed (%s); trying again in %.1f s",
+                        type(exc).__name__,
+                        wait,
+                        extra={"component": COMPONENT, "throttle": True},
+                    )
                 await self.timers_journal.close()
                 busy = False
             if not busy:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.config.poll_interval_s)
+                    await asyncio.wait_for(stop.wait(), wait)
+
+    async def _apply_until_done(
+        self, record: KafkaRecord, consumer: Any, stop: asyncio.Event
+    ) -> bool:
+        """Apply ``record``, retrying while a store is down (True), or False if stopped first.
+
+        Meanwhile the partitions are paused and the consumer is still polled (it stays in its
+        group); the record's offset is committed only after it was applied."""
+        backoff = Backoff(self.config.poll_interval_s, STORE_RETRY_MAX_S)
+        paused = False
+        try:
+            while True:
+                try:
+                    await self.apply(record)
+                    break
+                except Exception as exc:
+                    dependency = store_failure(exc)
+                    if dependency is None:
+                        raise  # not a store: a bug, which stops the notifier (restarted)
+                    wait = backoff.next()
+                    self._store_down(dependency, exc, "record", wait, **_at(record))
+                    await self.records_journal.close()
+                    if not paused:
+                        consumer.pause(*consumer.assignment())
+                        paused = True
+                    await _idle(consumer, wait, stop)
+                    if stop.is_set():
+                        return False
+        finally:
+            if paused:
+                consumer.resume(*consumer.assignment())
+        if backoff.failures:
+            self.health.ok("redis")
+            self.health.ok("postgres")
+            self.health.ok("network")
+        self.health.progress()
+        return True
+
+    async def _start_consumer(self, consumer: Any, stop: asyncio.Event) -> bool:
+        backoff = Backoff(0.5, STORE_RETRY_MAX_S * 5)
+        while not stop.is_set():
+            try:
+                await consumer.start()
+                self.health.ok("kafka")
+                return True
+            except Exception as exc:  # noqa: BLE001 - Kafka down at start: wait, the timers run
+                wait = backoff.next()
+                self._store_down("kafka", exc, "consumer start", wait)
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), wait)
+        return False
+
+    async def _apply_all(self, fetched: Any, consumer: Any, stop: asyncio.Event) -> bool:
+        """Apply every fetched record in order (True), or False if stopped first."""
+        for tp, messages in fetched.items():
+            if messages:
+                self.metrics.lag.taken(tp.topic, tp.partition, messages[0].offset)
+        for messages in fetched.values():
+            for m in messages:
+                if not await self._apply_until_done(KafkaRecord.of(m), consumer, stop):
+                    return False
+        return True
+
+    async def _commit(self, consumer: Any, backoff: Backoff) -> None:
+        from aiokafka.errors import CommitFailedError, KafkaError
+
+        try:
+            await consumer.commit()
+        except CommitFailedError as exc:  # a rebalance: the records come again
+            log.warning(
+                "commit failed (%s): the records will be applied again, idempotently",
+                exc,
+                extra={"component": COMPONENT},
+            )
+        except KafkaError as exc:
+            # Kafka down or its coordinator moving: the records are applied, and the next
+            # commit covers them (if the notifier stops first, they are applied again, which
+            # changes nothing). Not waiting here: the next fetch waits for Kafka.
+            self._store_down("kafka", exc, "offset commit", backoff.next())
+        else:
+            backoff.reset()
+            self.health.ok("kafka")
 
     async def record_loop(self, stop: asyncio.Event) -> None:
         from aiokafka.abc import ConsumerRebalanceListener
-        from aiokafka.errors import CommitFailedError
+        from aiokafka.errors import KafkaError
 
         topics = [topic_name(self.settings, ALERTS), topic_name(self.settings, ALERT_ACKS)]
 
@@ -391,36 +613,40 @@ class Notifier:
 
         lag = self.metrics.lag
         group = f"{self.settings.kafka.topic_prefix}{self.config.group_id}"
-        consumer = clients.consumer(
-            self.settings,
-            group_id=group,
-            isolation_level="read_committed",
-            session_timeout_ms=self.config.ms(self.config.session_timeout_s),
-            heartbeat_interval_ms=max(100, self.config.ms(self.config.session_timeout_s) // 3),
-        )
-        consumer.subscribe(topics, listener=_Log())
-        await consumer.start()
+
+        def new_consumer() -> Any:
+            consumer = clients.consumer(
+                self.settings,
+                group_id=group,
+                isolation_level="read_committed",
+                session_timeout_ms=self.config.ms(self.config.session_timeout_s),
+                heartbeat_interval_ms=max(100, self.config.ms(self.config.session_timeout_s) // 3),
+            )
+            consumer.subscribe(topics, listener=_Log())
+            return consumer
+
+        consumer = new_consumer()
+        while not await self._start_consumer(consumer, stop):
+            if stop.is_set():
+                return
         log.info("notifier consuming %s as %s", topics, group, extra={"component": COMPONENT})
         watching = asyncio.create_task(lag.watch(aiokafka_offsets(consumer), stop))
+        kafka_backoff = Backoff(0.5, STORE_RETRY_MAX_S * 5)
         try:
             while not stop.is_set():
-                fetched = await consumer.getmany(timeout_ms=200, max_records=500)
+                try:
+                    fetched = await consumer.getmany(timeout_ms=200, max_records=500)
+                except KafkaError as exc:  # fetched again from the same position
+                    wait = kafka_backoff.next()
+                    self._store_down("kafka", exc, "fetch", wait)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), wait)
+                    continue
                 if not fetched:
                     continue
-                for tp, messages in fetched.items():
-                    if messages:
-                        lag.taken(tp.topic, tp.partition, messages[0].offset)
-                for messages in fetched.values():
-                    for m in messages:
-                        await self.apply(KafkaRecord.of(m))
-                try:
-                    await consumer.commit()
-                except CommitFailedError as exc:  # a rebalance: the records come again
-                    log.warning(
-                        "commit failed (%s): the records will be applied again, idempotently",
-                        exc,
-                        extra={"component": COMPONENT},
-                    )
+                if not await self._apply_all(fetched, consumer, stop):
+                    return  # stopped while a store was down: nothing committed, read again
+                await self._commit(consumer, kafka_backoff)
                 for tp in fetched:
                     lag.finished(tp.topic, tp.partition)
         finally:
@@ -431,6 +657,7 @@ class Notifier:
     async def run(self, stop: asyncio.Event) -> None:
         if self.config.metrics_port:
             self.metrics.serve(self.config.metrics_port)
+        self.health.start()
         timers = asyncio.create_task(self.timer_loop(stop))
         records = asyncio.create_task(self.record_loop(stop))
         log.info("notifier timers running", extra={"component": COMPONENT})
@@ -484,6 +711,12 @@ def run_notifier(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await build(settings).run(stop)
+        notifier = build(settings)
+        notifier.health.watch()  # exits the process if its loop is stuck (see pipeline.health)
+        beating = asyncio.create_task(notifier.health.beat_forever())
+        try:
+            await notifier.run(stop)
+        finally:
+            beating.cancel()
 
     asyncio.run(main())

@@ -36,6 +36,32 @@ class StoreError(VeilleuseError):
     """Redis or PostgreSQL holds something the notifier cannot use."""
 
 
+def store_failure(exc: BaseException) -> str | None:
+    """The store ``exc`` says is down or unreachable ("redis", "postgres"), or None when the
+    error is not one that waiting can cure (a bug, or data a store refuses for good).
+
+    Redis: connection errors and timeouts (a restart; ``BusyLoadingError`` while it reloads its
+    AOF is one), and ``READONLY`` (a replica during a failover). PostgreSQL: ``OperationalError``
+    (connection lost, server shutting down or starting up) and ``InterfaceError`` (a connection
+    already closed). A bare ``OSError`` or timeout can only come from a socket here.
+    """
+    import psycopg
+    import redis.exceptions
+
+    if isinstance(
+        exc,
+        redis.exceptions.ConnectionError
+        | redis.exceptions.TimeoutError
+        | redis.exceptions.ReadOnlyError,
+    ):
+        return "redis"
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return "postgres"
+    if isinstance(exc, OSError | TimeoutError):
+        return "network"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     kind: str  # "notify" or "close"
@@ -308,16 +334,19 @@ class Journal:
         self._conn: AsyncConnection[Any] | None = None
 
     async def connection(self) -> AsyncConnection[Any]:
-        if self._conn is None or self._conn.closed:
+        if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = await AsyncConnection.connect(
                 self.conninfo, autocommit=False, row_factory=tuple_row
             )
         return self._conn
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await conn.close()
+            except Exception as exc:  # noqa: BLE001 - a broken connection may not close cleanly
+                log.debug("closing the journal's connection failed: %s", exc)
 
     async def alert(self, row: Mapping[str, Any], *steps: Step) -> list[bool]:
         """Upsert the alert's row and append ``steps``, in one transaction; per step: new?"""

@@ -891,6 +891,6 @@ def run(settings: Settings) -> None:
         sink = ElasticsearchSink(settings)
         runner = SinkRunner(settings, sink, metrics_port=settings.sink.elasticsearch_metrics_port)
         sink.metrics = SearchMetrics(runner.metrics.registry)
-        await runner.run(stop)
+        await runner.run_supervised(stop)
 
     asyncio.run(main())

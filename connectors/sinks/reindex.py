@@ -359,8 +359,7 @@ class ReindexRunner(SinkRunner):
         from aiokafka import TopicPartition
 
         await self.sink.start()
-        self.producer = clients.producer(self.settings)
-        await self.producer.start()
+        await self.producer.start()  # the runner's ResilientProducer (dead letters)
         self.consumer = clients.consumer(
             self.settings,
             group_id=self.group_id,
@@ -388,8 +387,7 @@ class ReindexRunner(SinkRunner):
     async def close(self) -> None:
         if self.consumer is not None:
             await self.consumer.stop()
-        if self.producer is not None:
-            await self.producer.stop()
+        await self.producer.stop()
         await self.sink.stop()
 
     async def end_offsets(self) -> dict[Any, int]:

@@ -10,11 +10,20 @@ Offsets: by default committed to Kafka once the batch is written (at least once;
 that exactly-once in effect with idempotent writes, e.g. deterministic document ids). A sink
 with ``offsets_in_store`` writes the batch's offsets in the same transaction as its data, and
 the runner starts each assigned partition from the offsets the store holds: exactly once.
+
+Outages: the store down, the batch is retried (capped back-off, partitions paused); Kafka down,
+dead letters wait in the :class:`~pipeline.kafka_producer.ResilientProducer` until Kafka has them
+(the batch is not committed before), and an offset commit that fails is kept and sent with the
+next one (a restart meanwhile re-reads records the store already has: idempotent). Either way
+the process stays up; its :class:`~pipeline.health.Health` (``/readyz``, ``/livez`` beside
+``/metrics``) turns not ready once records wait with no batch written for
+``health.stall_after_s``, with the reason, and logs one line when the store answers again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -24,11 +33,19 @@ from typing import Any, Protocol
 
 from pipeline import clients
 from pipeline.errors import VeilleuseError
+from pipeline.health import Health
+from pipeline.kafka_producer import ResilientProducer
 from pipeline.records import KafkaRecord
-from pipeline.settings import Settings
+from pipeline.retry import Backoff
+from pipeline.settings import HealthSettings, Settings
 from pipeline.topics import SINK_DLQ, topic_name
 
 log = logging.getLogger(__name__)
+
+# Longest wait between two attempts to reach Kafka (consumer start, a fetch that failed).
+KAFKA_RETRY_MAX_S = 10.0
+# An offset commit waits at most this long: Kafka down, it is sent again with the next batch.
+COMMIT_TIMEOUT_S = 15.0
 
 
 class SinkError(VeilleuseError):
@@ -112,7 +129,7 @@ class Sink(Protocol):
 
 
 class SinkMetrics:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, health: HealthSettings | None = None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
         from pipeline.metrics import ConsumerLag
@@ -142,11 +159,20 @@ class SinkMetrics:
             registry=r,
         )
         self.lag = ConsumerLag(f"sink_{name}", r)
+        health = health or HealthSettings()
+        # veilleuse_sink_<name>_ready and ..._last_progress_timestamp_seconds: with the lag,
+        # what shows a stalled sink.
+        self.health = Health(
+            f"sink-{name}",
+            stall_after_s=health.stall_after_s,
+            stuck_after_s=health.stuck_after_s,
+            registry=r,
+        )
 
     def serve(self, port: int) -> None:
         from pipeline.metrics import serve
 
-        serve(self.registry, port)
+        serve(self.registry, port, self.health)
 
 
 class SinkRunner:
@@ -160,17 +186,36 @@ class SinkRunner:
         self.config = settings.sink
         self.group_id = group_id or f"{settings.kafka.topic_prefix}veilleuse-sink-{sink.name}"
         self.dlq_topic = topic_name(settings, SINK_DLQ)
-        self.metrics = SinkMetrics(sink.name)
+        self.metrics = SinkMetrics(sink.name, settings.health)
+        self.health = self.metrics.health
+        self.component = f"sink-{sink.name}"
         self.metrics_port = metrics_port
         self.consumer: Any = None
-        self.producer: Any = None
+        self.producer = ResilientProducer(settings, component=self.component, health=self.health)
         self.written = 0
         self.attempts = 0
+        self.in_hand = 0  # records of the batch being written
+        # Offsets written but not committed to Kafka yet (a commit failed: Kafka down).
+        self._uncommitted: dict[tuple[str, int], int] = {}
+        self._commit_backoff = Backoff(0.5, KAFKA_RETRY_MAX_S)
+        self._commit_again_at = 0.0
+        self.health.backlog = lambda: self.in_hand + self.metrics.lag.total()
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    async def run_supervised(self, stop: asyncio.Event) -> None:
+        """:meth:`run` as a process does: with the watchdog that exits a stuck process (see
+        :mod:`pipeline.health`) and the event loop's heartbeat."""
+        self.health.watch()
+        beating = asyncio.create_task(self.health.beat_forever())
+        try:
+            await self.run(stop)
+        finally:
+            beating.cancel()
+
     async def run(self, stop: asyncio.Event) -> None:
         from aiokafka.abc import ConsumerRebalanceListener
+        from aiokafka.errors import KafkaError
 
         from pipeline.metrics import aiokafka_offsets
 
@@ -186,8 +231,7 @@ class SinkRunner:
         if self.metrics_port:
             self.metrics.serve(self.metrics_port)
         await self.sink.start()
-        self.producer = clients.producer(self.settings)
-        await self.producer.start()
+        await self.producer.start()  # while Kafka is down, waits for it
         self.consumer = clients.consumer(
             self.settings,
             group_id=self.group_id,
@@ -195,7 +239,11 @@ class SinkRunner:
             max_poll_records=self.config.batch_max_records,
         )
         self.consumer.subscribe(list(self.sink.topics), listener=_Seek())
-        await self.consumer.start()
+        if not await self._start_consumer(stop):
+            await self.producer.stop()
+            await self.sink.stop()
+            return
+        self.health.start()
         log.info(
             "sink %s consuming %s as %s",
             self.sink.name,
@@ -204,11 +252,21 @@ class SinkRunner:
             extra={"component": f"sink-{self.sink.name}"},
         )
         lag = asyncio.create_task(self.metrics.lag.watch(aiokafka_offsets(self.consumer), stop))
+        fetch_backoff = Backoff(0.5, KAFKA_RETRY_MAX_S)
         try:
             while not stop.is_set():
-                batch = await self._collect(stop)
+                try:
+                    batch = await self._collect(stop)
+                    fetch_backoff.reset()
+                except KafkaError as exc:  # read again from the same positions
+                    wait = fetch_backoff.next()
+                    self._kafka_problem(exc, "fetch", wait)
+                    await _wait(stop, wait)
+                    continue
                 if batch.records and not await self._write(batch, stop):
                     break  # stopped while the store was down: nothing committed, no loss
+                if not batch.records and self._uncommitted:
+                    await self._commit_pending()
         except SinkError as exc:
             kind = "unavailable" if isinstance(exc, StoreUnavailableError) else "fatal"
             self.metrics.errors.labels(kind, getattr(exc, "reason", type(exc).__name__)).inc()
@@ -219,6 +277,32 @@ class SinkRunner:
             await self.consumer.stop()
             await self.producer.stop()
             await self.sink.stop()
+
+    async def _start_consumer(self, stop: asyncio.Event) -> bool:
+        """Join the group; while Kafka is down, wait for it (False: stopped first)."""
+        backoff = Backoff(0.5, KAFKA_RETRY_MAX_S)
+        while not stop.is_set():
+            try:
+                await self.consumer.start()
+                self.health.ok("kafka")
+                return True
+            except Exception as exc:  # noqa: BLE001 - Kafka not reachable: wait, never die
+                wait = backoff.next()
+                self._kafka_problem(exc, "consumer start", wait)
+                await _wait(stop, wait)
+        return False
+
+    def _kafka_problem(self, exc: BaseException, what: str, wait_s: float) -> None:
+        self.health.problem("kafka", f"{type(exc).__name__}: {exc}")
+        log.warning(
+            "sink %s: Kafka %s failed (%s: %s); trying again in %.1f s",
+            self.sink.name,
+            what,
+            type(exc).__name__,
+            exc,
+            wait_s,
+            extra={"component": self.component, "throttle": True},
+        )
 
     async def _seek_to_stored(self, assigned: Any) -> None:
         if not self.sink.offsets_in_store or not assigned:
@@ -270,6 +354,7 @@ class SinkRunner:
         config = self.config
         delay = config.retry_initial_s
         paused = False
+        self.in_hand = len(batch.records)
         try:
             while True:
                 self.attempts += 1
@@ -279,6 +364,7 @@ class SinkRunner:
                     break
                 except StoreUnavailableError as exc:
                     self.metrics.errors.labels("unavailable", exc.reason).inc()
+                    self.health.problem(self.sink.name, f"{exc.reason}: {exc}")
                     if not paused:
                         self.consumer.pause(*self.consumer.assignment())
                         paused = True
@@ -289,7 +375,11 @@ class SinkRunner:
                         exc,
                         len(batch.records),
                         wait,
-                        extra={"component": f"sink-{self.sink.name}", "reason": exc.reason},
+                        extra={
+                            "component": self.component,
+                            "reason": exc.reason,
+                            "throttle": True,  # once per retry while the store is down
+                        },
                     )
                     delay = min(config.retry_max_s, delay * 2)
                     # Keep polling (nothing comes: paused) so that the group keeps us.
@@ -297,18 +387,28 @@ class SinkRunner:
                     while time.monotonic() < deadline:
                         if stop.is_set():
                             return False
-                        await self.consumer.getmany(timeout_ms=min(200, int(wait * 1000) + 1))
+                        fetched = await self.consumer.getmany(
+                            timeout_ms=min(200, int(wait * 1000) + 1)
+                        )
+                        # Only a partition assigned meanwhile (not paused) returns records:
+                        # not this batch's, so read them again later rather than drop them.
+                        for tp, messages in fetched.items():
+                            if messages:
+                                self.consumer.seek(tp, messages[0].offset)
         finally:
             if paused:
                 self.consumer.resume(*self.consumer.assignment())
+        self.health.ok(self.sink.name)
         self.metrics.write_seconds.observe(time.perf_counter() - started)
         await self._dead_letter_all(result.rejected)
         await self._commit(batch)
         self.written += len(batch.records)
+        self.in_hand = 0
         self.metrics.records.inc(len(batch.records))
         self.metrics.batch_records.observe(len(batch.records))
         for topic, partition in batch.offsets:
             self.metrics.lag.finished(topic, partition)
+        self.health.progress()
         return True
 
     async def _dead_letter_all(self, rejected: Sequence[Rejected]) -> None:
@@ -326,6 +426,8 @@ class SinkRunner:
             ("source.partition", str(r.partition).encode()),
             ("source.offset", str(r.offset).encode()),
         ]
+        # Until Kafka has it (a broker restart: a fresh producer, the record sent again); the
+        # batch is committed only after.
         await self.producer.send_and_wait(self.dlq_topic, r.value, key=r.key, headers=headers)
         self.metrics.rejected.labels(rejected.reason).inc()
         log.warning(
@@ -334,33 +436,64 @@ class SinkRunner:
             rejected.reason,
             rejected.detail[:200],
             extra={
-                "component": f"sink-{self.sink.name}",
+                "component": self.component,
                 "lamp_id": _lamp_id(r),
                 "topic": r.topic,
                 "partition": r.partition,
                 "offset": r.offset,
                 "reason": rejected.reason,
+                "throttle": True,  # one per record: a flood of junk must not flood the log
             },
         )
 
     async def _commit(self, batch: Batch) -> None:
-        from aiokafka import TopicPartition
-        from aiokafka.errors import CommitFailedError, IllegalStateError
+        for key, offset in batch.offsets.items():
+            self._uncommitted[key] = max(self._uncommitted.get(key, 0), offset)
+        await self._commit_pending(force=True)
 
+    async def _commit_pending(self, *, force: bool = False) -> None:
+        """Commit the offsets written so far. Kafka down: kept, and sent again with the next
+        batch's (or, idle, after a back-off); a restart meanwhile re-reads records the store
+        already has, which the sinks' idempotent writes absorb."""
+        from aiokafka import TopicPartition
+        from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+        if not force and time.monotonic() < self._commit_again_at:
+            return
         assigned = self.consumer.assignment()
         offsets = {
             TopicPartition(topic, partition): offset
-            for (topic, partition), offset in batch.offsets.items()
+            for (topic, partition), offset in self._uncommitted.items()
             if TopicPartition(topic, partition) in assigned
         }
         if not offsets:
+            self._uncommitted.clear()
             return
         try:
-            await self.consumer.commit(offsets)
+            await asyncio.wait_for(self.consumer.commit(offsets), COMMIT_TIMEOUT_S)
         except (CommitFailedError, IllegalStateError) as exc:
             # A rebalance took partitions away meanwhile: their new owner rewrites what this
             # batch wrote, which the sinks' idempotent writes absorb.
-            log.warning("sink %s: offsets not committed (%s)", self.sink.name, exc)
+            log.warning(
+                "sink %s: offsets not committed (%s)",
+                self.sink.name,
+                exc,
+                extra={"component": self.component},
+            )
+            self._uncommitted.clear()
+        except (KafkaError, TimeoutError) as exc:
+            wait = self._commit_backoff.next()
+            self._commit_again_at = time.monotonic() + wait
+            self._kafka_problem(exc, "offset commit", wait)
+        else:
+            self._uncommitted.clear()
+            self._commit_backoff.reset()
+            self.health.ok("kafka")
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
 
 
 def run_sink(settings: Settings, sink: Sink, metrics_port: int) -> None:
@@ -372,6 +505,6 @@ def run_sink(settings: Settings, sink: Sink, metrics_port: int) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await SinkRunner(settings, sink, metrics_port=metrics_port).run(stop)
+        await SinkRunner(settings, sink, metrics_port=metrics_port).run_supervised(stop)
 
     asyncio.run(main())

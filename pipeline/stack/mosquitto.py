@@ -7,7 +7,7 @@ import os
 import signal
 import uuid
 
-from pipeline.lamps import ComponentAccount, MosquittoCredentials
+from pipeline.lamps import CONNECTOR_CONTROL_PREFIX, ComponentAccount, MosquittoCredentials
 from pipeline.settings import MqttBroker
 from pipeline.stack.service import Launch, Service
 
@@ -47,7 +47,8 @@ class Mosquitto(Service):
             ComponentAccount(
                 username=mqtt.username,
                 password=mqtt.password.get_secret_value(),
-                read=("lamps/#",),
+                read=("lamps/#", f"{CONNECTOR_CONTROL_PREFIX}/#"),
+                write=(f"{CONNECTOR_CONTROL_PREFIX}/#",),
             ),
             ComponentAccount(
                 username=PROBE_USER,

@@ -6,6 +6,11 @@ CI (CI=true): a green CI run must have exercised every real service.
 
 from __future__ import annotations
 
+import fcntl
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from pipeline.settings import Settings, load_settings
@@ -48,3 +53,15 @@ def require(stack_status: dict[str, manager.Report]):  # type: ignore[no-untyped
         pytest.skip(message)
 
     return check
+
+
+@pytest.fixture
+def restarts_services() -> Iterator[None]:
+    """Held by a test that stops or restarts a service of the shared stack: two such tests (in
+    two pytest runs on one machine) never overlap, and each finds the stack as it left it."""
+    with (Path(tempfile.gettempdir()) / "veilleuse-stack-restarts.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -3,6 +3,7 @@ its own search alias, with a token of every role and a small seeded history."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from psycopg.types.json import Jsonb
 from api.tokens import create_token, revoke_token
 from pipeline.ports import free_port
 from pipeline.settings import Settings
-from pipeline.topics import ensure_topics_sync
+from pipeline.topics import ALERT_ACKS, LAMP_MESSAGES, ensure_topics, ensure_topics_sync
 from tests.integration.databases import scratch_database
 from tests.integration.processes import PipelineProcess
 
@@ -159,3 +160,27 @@ def wait_until_ready(run: ApiRun, timeout_s: float = 30) -> None:
             pass
         assert time.monotonic() < deadline, f"the API is not ready:\n{run.process.tail(40)}"
         time.sleep(0.2)
+
+
+async def start_api(settings: Settings, log_file: Path, **env: str) -> ApiRun:
+    """The API as a process on ``settings``' database (migrated) with a support token, ready;
+    for the outage tests of the stores it reads (stop it with ``run.process.stop()``)."""
+    await ensure_topics(settings, (ALERT_ACKS, LAMP_MESSAGES))  # its /readyz asks for them
+    conninfo = settings.postgres.conninfo()
+    tokens = {"support": create_token(conninfo, f"outage-{uuid.uuid4().hex[:6]}", "support")}
+    port = free_port()
+    environment = {
+        "VEILLEUSE_POSTGRES__DATABASE": settings.postgres.database,
+        "VEILLEUSE_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+        "VEILLEUSE_SINK__ELASTICSEARCH_INDEX_PREFIX": settings.sink.elasticsearch_index_prefix,
+        "VEILLEUSE_API__PORT": str(port),
+        "VEILLEUSE_API__TOKEN_CACHE_S": "0",
+        # Short, so that a request while a store is down answers 503 quickly.
+        "VEILLEUSE_API__REQUEST_TIMEOUT_S": "3",
+        "VEILLEUSE_LOG_FORMAT": "json",
+        **env,
+    }
+    process = PipelineProcess(["api"], environment, log_file).start()
+    run = ApiRun(settings, environment, f"http://127.0.0.1:{port}", tokens, process)
+    await asyncio.to_thread(wait_until_ready, run, 60)
+    return run

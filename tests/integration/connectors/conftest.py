@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -166,13 +167,14 @@ def connector(
         brokers = json.loads(process.env.get("VEILLEUSE_MQTT__BROKERS", "[]")) or [
             b.model_dump(mode="json") for b in mqtt.brokers
         ]
-        for broker in brokers:
+        # The replica's own session and, for replica 0, its restart guard's.
+        for broker, suffix in itertools.product(brokers, ("", "-guard")):
             with contextlib.suppress(ConnectionError):
                 asyncio.run(
                     discard_session(
                         host=broker["host"],
                         port=broker["port"],
-                        client_id=f"{process.name}-{broker.get('name', 'local')}",
+                        client_id=f"{process.name}{suffix}-{broker.get('name', 'local')}",
                         username=mqtt.username,
                         password=mqtt.password.get_secret_value(),
                         tls=broker.get("tls", False),
@@ -243,7 +245,12 @@ class TopicReader:
         admin = clients.admin_client(self.settings)
         await admin.start()
         try:
-            (described,) = await admin.describe_topics([self.topic])
+            # A topic created a moment ago may not be described yet.
+            for _ in range(50):
+                (described,) = await admin.describe_topics([self.topic])
+                if described["partitions"]:
+                    break
+                await asyncio.sleep(0.2)
         finally:
             await admin.close()
         partitions = [p["partition"] for p in described["partitions"]]

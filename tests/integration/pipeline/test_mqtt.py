@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
+from connectors.mqtt_asyncio import AsyncioMqtt
 from pipeline import smoke
 from pipeline.lamps import Credential
 from pipeline.mqtt_session import MqttSession
@@ -116,3 +122,107 @@ def test_two_members_of_a_share_group_split_the_messages(
         publisher.close()
         for member in members:
             member.close()
+
+
+def _restart_broker() -> None:
+    for command in ("down", "up"):
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline", "stack", command, "mosquitto"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+async def _connected(client: AsyncioMqtt) -> None:
+    """Connect, retrying briefly: the broker re-reads its password file asynchronously."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            await client.connect()
+            return
+        except ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def test_a_lamp_reads_nothing_of_another_and_publishes_only_its_own_after_a_restart(
+    settings: Settings,
+    require: Callable[..., None],
+    restarts_services: None,
+) -> None:
+    """Lamp B subscribes (persistent session) to everything it can think of; lamp A publishes
+    before and after a broker restart: B never gets one of A's messages, queued or live, and
+    the broker refuses A's publishes outside its own topics after the restart too."""
+    require("mosquitto")
+    made = [smoke.provision_temporary_lamp(settings) for _ in range(2)]
+    broker, (a, b) = made[0][0], [credential for _, credential in made]
+    host, port = settings.mqtt.brokers[0].host, settings.mqtt.brokers[0].port
+    own = f"lamps/{a.site_id}/{a.lamp_id}/events"
+    spy_filters = ["lamps/#", own, f"$share/spy/{own}", "#"]
+
+    def lamp(credential: Credential, **options: Any) -> AsyncioMqtt:
+        return AsyncioMqtt(
+            host=host,
+            port=port,
+            client_id=f"lamp-{credential.lamp_id}",
+            username=credential.lamp_id,
+            password=credential.password,
+            **options,
+        )
+
+    def spy() -> tuple[AsyncioMqtt, list[str]]:
+        client = lamp(b, clean_start=False, session_expiry_s=600)
+        seen: list[str] = []
+        client.client.on_message = lambda _c, _u, message: seen.append(message.topic)
+        return client, seen
+
+    async def publish(client: AsyncioMqtt, topic: str, seq: int) -> int:
+        acks: list[int] = []
+        client.client.on_publish = lambda _c, _u, _m, reason, _p: acks.append(reason.value)
+        client.client.publish(topic, smoke.lamp_message(a.lamp_id, seq), qos=1)
+        deadline = time.monotonic() + 5
+        while not acks:
+            assert time.monotonic() < deadline, f"no PUBACK for {topic}"
+            await asyncio.sleep(0.05)
+        return acks[0]
+
+    try:
+        watcher, seen = spy()
+        await _connected(watcher)
+        watcher.client.subscribe([(f, 1) for f in spy_filters])
+        publisher = lamp(a)
+        await _connected(publisher)
+        await asyncio.sleep(0.5)
+        assert await publish(publisher, own, 1) == 0
+        await asyncio.sleep(1)
+        assert seen == [], "a lamp read another lamp's message"
+        await watcher.close()  # its session, with those subscriptions, stays on the broker
+        await publisher.close()
+
+        await asyncio.to_thread(_restart_broker)
+
+        publisher = lamp(a)
+        await _connected(publisher)
+        assert await publish(publisher, own, 2) == 0  # queued for B's session, if anything
+        for topic in (
+            f"lamps/{b.site_id}/{b.lamp_id}/events",  # another lamp
+            f"lamps/other-site/{a.lamp_id}/events",  # its own id under another site
+        ):
+            assert await publish(publisher, topic, 3) == NOT_AUTHORIZED, topic
+        watcher, seen = spy()
+        present: list[bool] = []
+        watcher.on_connected = present.append
+        await _connected(watcher)
+        assert present == [True]  # the restored session, subscriptions and all
+        assert await publish(publisher, own, 4) == 0  # and live
+        await asyncio.sleep(1.5)
+        assert seen == [], f"a lamp read another lamp's messages after a restart: {seen}"
+        await watcher.close(session_expiry_s=0)
+        await publisher.close()
+    finally:
+        broker.credentials().revoke([a.lamp_id, b.lamp_id])
+        broker.reload()

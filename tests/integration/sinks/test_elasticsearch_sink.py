@@ -12,7 +12,7 @@ import contextlib
 import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import orjson
@@ -20,10 +20,14 @@ import pytest
 
 from connectors.sinks.elasticsearch import ElasticsearchSink
 from connectors.sinks.runner import Batch, SinkRunner, WriteResult
+from pipeline.ports import free_port
 from pipeline.settings import Settings
 from pipeline.stack import manager
 from pipeline.topics import LAMP_DLQ, LAMP_MESSAGES, SINK_DLQ, topic_name
 from tests.integration.agents.conftest import read_records
+from tests.integration.api.conftest import start_api
+from tests.integration.databases import scratch_database
+from tests.integration.health import LOG_LIMIT, Outage, api_status, metric, probe
 from tests.integration.processes import PipelineProcess as Process
 from tests.integration.sinks.conftest import EsRun, Message, fleet_messages
 
@@ -119,20 +123,41 @@ async def test_200k_messages_through_two_sigkills_are_indexed_exactly_once(es_ru
 # -- Elasticsearch down for 60 s -------------------------------------------------------------------
 
 
+@pytest.fixture
+def api_settings(es_run: EsRun) -> Iterator[Settings]:
+    """The run's settings on a database of its own (the API's tokens)."""
+    with scratch_database(es_run.settings, "api_es") as scoped:
+        yield scoped
+
+
 @pytest.mark.timeout(600)
 async def test_the_sink_backs_off_while_elasticsearch_is_down_and_catches_up(
-    es_run: EsRun, settings: Settings
+    es_run: EsRun, settings: Settings, api_settings: Settings, restarts_services: None
 ) -> None:
+    """Elasticsearch stopped for 60 s under the sink and the API: neither restarts, nothing is
+    lost; the sink turns not ready (naming Elasticsearch) and its metrics show the stall, the
+    API's search answers 503 naming Elasticsearch; both are back by themselves after."""
     run = es_run
     alias = run.names.messages_alias
     first = fleet_messages(lamps=100, per_lamp=100, tag="A")
     await run.produce(first)
-    sink = sink_process(run, "sink", VEILLEUSE_SINK__RETRY_MAX_S="5")
+    port = free_port()
+    sink = sink_process(
+        run,
+        "sink",
+        VEILLEUSE_SINK__RETRY_MAX_S="5",
+        VEILLEUSE_SINK__ELASTICSEARCH_METRICS_PORT=str(port),
+        VEILLEUSE_HEALTH__STALL_AFTER_S="5",
+    )
 
     async def some_indexed() -> bool:
         return await run.count(alias) >= 1_000
 
     await wait_until(some_indexed, 120, "the first documents", alive=[sink])
+    api = await start_api(api_settings, run.tmp_path / "api.log")
+    search = (api.url, api.tokens["support"], "/messages/search?lamp=A-000001")
+    assert api_status(*search)[0] == 200
+    outage = Outage()
 
     # Lamps keep talking during the outage.
     during: list[Message] = []
@@ -158,8 +183,11 @@ async def test_the_sink_backs_off_while_elasticsearch_is_down_and_catches_up(
         )
         try:
             down_since = time.monotonic()
+            down_wall = time.time()
             while time.monotonic() - down_since < 60:
                 assert sink.alive(), f"the sink died while Elasticsearch was down:\n{sink.tail()}"
+                assert api.process.alive(), api.process.tail(40)
+                await asyncio.to_thread(outage.sample, port, "sink_elasticsearch", search)
                 await asyncio.sleep(1)
             committed_while_down = await run.committed(run.sink_group)
             await asyncio.sleep(2)
@@ -183,11 +211,37 @@ async def test_the_sink_backs_off_while_elasticsearch_is_down_and_catches_up(
 
     try:
         await wait_until(caught_up, 180, "the sink to catch up", alive=[sink])
+
+        async def ready() -> bool:
+            return (await asyncio.to_thread(probe, port, "/readyz"))[0] == 200
+
+        async def api_answers() -> bool:
+            return (await asyncio.to_thread(api_status, *search))[0] == 200
+
+        await wait_until(ready, 30, "the sink ready again", alive=[sink])
+        await wait_until(api_answers, 60, "the API's search again", alive=[api.process])
+        assert metric(port, "veilleuse_sink_elasticsearch_ready ") == 1.0
+        assert (
+            metric(port, "veilleuse_sink_elasticsearch_last_progress_timestamp_seconds ") or 0
+        ) > down_wall
     finally:
         assert sink.stop() == 0, sink.tail()
+        api.process.stop()
     await assert_exactly(run, alias, {m.doc_id for m in first + during})
     log = sink.output()
     assert "store unavailable" in log, "the sink never noticed the outage"
+    assert "elasticsearch answers again after" in log
+    # While down: not ready with the reason, alive all along, the stall in the metrics.
+    assert outage.not_ready, "the sink never reported not ready"
+    assert all("elasticsearch" in str(b["reason"]) for b in outage.not_ready), outage.not_ready
+    assert outage.not_alive == []
+    assert 0.0 in outage.ready_gauge
+    assert max(p or 0 for p in outage.last_progress) < down_wall
+    assert max(lag or 0 for lag in outage.lag) > 0
+    assert {status for status, _ in outage.api} <= {503}, outage.api[:3]
+    assert all("Elasticsearch" in body for _, body in outage.api), outage.api[:3]
+    for log_file in (sink.log_file, api.process.log_file):
+        assert log_file.stat().st_size < LOG_LIMIT, log_file
 
 
 # -- a document the mapping refuses ----------------------------------------------------------------

@@ -41,6 +41,8 @@ from pipeline.topics import (
 )
 from schemas import MARKER, encode, schema
 from tests.integration import databases
+from tests.integration.api.conftest import start_api
+from tests.integration.health import LOG_LIMIT, Outage, api_status, probe
 from tests.integration.processes import PipelineProcess
 
 HOUR_MS = 3_600_000
@@ -504,6 +506,7 @@ async def sink_run(settings: Settings, tmp_path: Path, require: Any) -> AsyncIte
 
 
 READY = r"resumes from the store's offsets"
+STALL_AFTER_S = 5
 
 
 # -- the tests ----------------------------------------------------------------------------------
@@ -551,32 +554,46 @@ def metric(port: int, name: str) -> float:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_postgres_down_for_60_s_the_sink_backs_off_and_catches_up(
-    sink_run: SinkRun, settings: Settings
+    sink_run: SinkRun, settings: Settings, restarts_services: None
 ) -> None:
+    """PostgreSQL stopped for 60 s under the sink and the API: neither restarts, nothing is
+    lost; the sink turns not ready (the reason names PostgreSQL), its metrics show the stall,
+    the API answers 503 naming PostgreSQL; both are back by themselves after."""
     records = scenario(seed=2)
     port = free_port()
     sink = sink_run.sink(
         VEILLEUSE_SINK__POSTGRES_METRICS_PORT=str(port),
         VEILLEUSE_SINK__BATCH_MAX_RECORDS="200",
         VEILLEUSE_SINK__RETRY_MAX_S="4",
+        VEILLEUSE_HEALTH__STALL_AFTER_S=str(STALL_AFTER_S),
     )
     await sink.wait_for_log(READY)
+    api = await start_api(sink_run.settings, sink_run.tmp_path / "api.log")
+    lamps = (api.url, api.tokens["support"], "/lamps")
     third = len(records) // 3
     await sink_run.send(records[:third])
     await sink_run.wait_until_written()
+    assert probe(port, "/readyz")[0] == 200
+    assert api_status(*lamps)[0] == 200
 
     stopped = False
+    outage = Outage()
     try:
         await asyncio.to_thread(manager.down, settings, ("postgres",))
         stopped = True
         down_at = time.monotonic()
+        down_wall = time.time()
         await sink_run.send(records[third : 2 * third])
         await sink.wait_for_log("store unavailable", timeout_s=30)
         assert metric(port, 'veilleuse_sink_postgres_errors_total{kind="unavailable"') >= 1
-        await asyncio.sleep(25)
-        await sink_run.send(records[2 * third :])
+        sent_rest = False
         while time.monotonic() - down_at < 60:
             assert sink.alive(), sink.output()[-3000:]
+            assert api.process.alive(), api.process.tail(40)
+            await asyncio.to_thread(outage.sample, port, "sink_postgres", lamps)
+            if not sent_rest and time.monotonic() - down_at > 30:
+                await sink_run.send(records[2 * third :])
+                sent_rest = True
             await asyncio.sleep(1)
         errors_while_down = metric(port, 'veilleuse_sink_postgres_errors_total{kind="unavailable"')
         assert sink.alive()
@@ -589,6 +606,35 @@ async def test_postgres_down_for_60_s_the_sink_backs_off_and_catches_up(
     sink_run.check()
     assert await sink_run.dead_letters(timeout_s=2) == []
     assert metric(port, "veilleuse_sink_postgres_records_total") >= len(records)
+
+    # While down: not ready with the reason, alive all along, the stall in the metrics.
+    assert outage.not_ready, "the sink never reported not ready"
+    assert all("postgres" in str(body["reason"]) for body in outage.not_ready), outage.not_ready
+    assert outage.not_alive == []
+    assert 0.0 in outage.ready_gauge
+    assert max(p or 0 for p in outage.last_progress) < down_wall
+    assert max(lag or 0 for lag in outage.lag) > 0
+    statuses = {status for status, _ in outage.api}
+    assert statuses <= {503}, outage.api  # never a 500 or a hang
+    assert all("PostgreSQL" in body for _, body in outage.api), outage.api[:3]
+    # After: ready again, progress shown, and the API answers without a restart.
+    await until_true(lambda: probe(port, "/readyz")[0] == 200, 30, "the sink ready again")
+    assert metric(port, "veilleuse_sink_postgres_ready ") == 1.0
+    assert (metric(port, "veilleuse_sink_postgres_last_progress_timestamp_seconds ") or 0) > (
+        down_wall
+    )
+    await until_true(lambda: api_status(*lamps)[0] == 200, 30, "the API answering again")
+    assert "postgres answers again after" in sink.output()
+    api.process.stop()
+    for log_file in (sink.log_file, api.process.log_file):
+        assert log_file.stat().st_size < LOG_LIMIT, log_file
+
+
+async def until_true(check: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await asyncio.to_thread(check):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.5)
 
 
 async def test_refused_records_go_to_the_dlq_and_the_rest_of_the_batch_is_written(

@@ -1,5 +1,6 @@
 """The sink framework's metrics on the real Kafka while its store is down: the lag keeps growing
-although the paused consumer fetches nothing, and the errors are counted by kind and reason."""
+although the paused consumer fetches nothing, the errors are counted by kind and reason, and
+the sink turns not ready (the reason names the store) once it stalls with records waiting."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ async def test_the_lag_grows_while_the_store_is_down_and_errors_name_their_reaso
             "sink": settings.sink.model_copy(
                 update={"linger_ms": 50, "retry_initial_s": 0.2, "retry_max_s": 0.5}
             ),
+            "health": settings.health.model_copy(update={"stall_after_s": 1.0}),
         }
     )
     await ensure_topics(scoped, (ACTIVITY_HOURLY, ALERTS))
@@ -45,6 +47,7 @@ async def test_the_lag_grows_while_the_store_is_down_and_errors_name_their_reaso
     await producer.start()
     runner = SinkRunner(scoped, PostgresSink(scoped))
     registry = runner.metrics.registry
+    started_at = time.time()
     stop = asyncio.Event()
     running = asyncio.create_task(runner.run(stop))
 
@@ -73,6 +76,19 @@ async def test_the_lag_grows_while_the_store_is_down_and_errors_name_their_reaso
         )
         assert errors is not None and errors >= 1
         assert registry.get_sample_value("veilleuse_sink_postgres_records_total") == 0
+        # Stalled with records waiting: not ready, saying why; alive (waiting is not stuck).
+        await until(
+            lambda: registry.get_sample_value("veilleuse_sink_postgres_ready") == 0.0,
+            "not ready",
+        )
+        verdict = runner.health.readiness()
+        assert not verdict.ok
+        assert "postgres down: connect" in verdict.reason, verdict.reason
+        assert runner.health.liveness().ok
+        last_progress = registry.get_sample_value(
+            "veilleuse_sink_postgres_last_progress_timestamp_seconds"
+        )
+        assert last_progress is not None and last_progress < started_at + 5
     finally:
         stop.set()
         await asyncio.wait_for(running, 30)

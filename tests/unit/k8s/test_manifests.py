@@ -4,6 +4,7 @@ k8s/README.md: hardened workloads, budgets, policies, topics and settings that m
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 
@@ -22,7 +23,7 @@ from tests.unit.k8s.manifests import (
 )
 
 COMPONENTS = {
-    "connector": "Deployment",
+    "connector": "StatefulSet",
     "worker": "StatefulSet",
     "sink-postgres": "Deployment",
     "sink-elasticsearch": "Deployment",
@@ -252,3 +253,36 @@ def test_each_component_reaches_only_its_peers(overlay: str) -> None:
                     reached |= peer(rule)
         expected = EGRESS[component(doc)] | {"dns", "outside:443"}
         assert reached == expected, f"{overlay}: {component(doc)}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_connector_replicas_know_their_count_and_identity(overlay: str) -> None:
+    """Replica 0 drains the sessions of ordinals >= VEILLEUSE_CONNECTOR__REPLICAS: the setting
+    must be the StatefulSet's count, and the client id the pod's name (its ordinal)."""
+    docs = rendered(overlay)
+    (connector,) = [doc for doc in of_kind(docs, "StatefulSet") if component(doc) == "connector"]
+    settings = configmap(docs)
+    assert int(settings["VEILLEUSE_CONNECTOR__REPLICAS"]) == connector["spec"]["replicas"]
+    assert int(settings["VEILLEUSE_CONNECTOR__MAX_ORDINAL"]) > connector["spec"]["replicas"]
+    assert float(settings["VEILLEUSE_MQTT__RECONNECT_MAX_S"]) <= 2.0
+    (container,) = pod_spec(connector)["containers"]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["VEILLEUSE_MQTT__CLIENT_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.name"
+    )
+    assert connector["spec"]["serviceName"] in {
+        doc["metadata"]["name"] for doc in of_kind(docs, "Service")
+    }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_emqx_keeps_sessions_across_a_node_restart(overlay: str) -> None:
+    (emqx,) = of_kind(rendered(overlay), "EMQX")
+    config = emqx["spec"]["config"]["data"]
+    assert re.search(r"durable_sessions\s*\{\s*enable\s*=\s*true", config)
+    assert "backend = builtin_raft" in config
+    assert "replication_factor = 3" in config
+    assert emqx["spec"]["coreTemplate"]["spec"]["replicas"] >= 3
+    assert emqx["spec"]["image"].startswith("emqx/emqx-enterprise:")
+    env = {item["name"] for item in emqx["spec"]["coreTemplate"]["spec"]["env"]}
+    assert "EMQX_LICENSE__KEY" in env

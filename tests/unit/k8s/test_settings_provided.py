@@ -137,6 +137,10 @@ def test_a_missing_or_misnamed_setting_is_caught(monkeypatch: pytest.MonkeyPatch
     data = dict(configmap_data(rendered("production")))
     data["VEILLEUSE_KAFKA__BOOTSTRAP_SERVER"] = data.pop("VEILLEUSE_KAFKA__BOOTSTRAP_SERVERS")
     assert set(data) - setting_names() == {"VEILLEUSE_KAFKA__BOOTSTRAP_SERVER"}
-    (worker,) = of_kind(rendered("production"), "StatefulSet")
+    (worker,) = [
+        doc
+        for doc in of_kind(rendered("production"), "StatefulSet")
+        if doc["metadata"]["name"] == "veilleuse-worker"
+    ]
     env, _ = container_env(worker, data)
     assert "VEILLEUSE_KAFKA__BOOTSTRAP_SERVERS" not in env

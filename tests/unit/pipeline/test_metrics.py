@@ -52,6 +52,8 @@ EXPECTED = {
             f"veilleuse_sink_{name}_errors": "counter",
             f"veilleuse_sink_{name}_rejected": "counter",
             f"veilleuse_sink_{name}_consumer_lag": "gauge",
+            f"veilleuse_sink_{name}_ready": "gauge",
+            f"veilleuse_sink_{name}_last_progress_timestamp_seconds": "gauge",
         }
         for name in ("postgres", "elasticsearch")
     },
@@ -62,6 +64,8 @@ EXPECTED = {
         "veilleuse_notifier_lost_claims": "counter",
         "veilleuse_notifier_alerts": "counter",
         "veilleuse_notifier_consumer_lag": "gauge",
+        "veilleuse_notifier_ready": "gauge",
+        "veilleuse_notifier_last_progress_timestamp_seconds": "gauge",
     },
     "api": {
         "veilleuse_api_requests": "counter",
@@ -166,3 +170,13 @@ def test_worker_counts_what_a_committed_batch_made_visible() -> None:
         r.get_sample_value("veilleuse_worker_late_records_total", {"reason": "window_closed"}) == 1
     )
     assert r.get_sample_value("veilleuse_worker_outputs_total", {"topic": "lamp.dlq.v1"}) == 2
+
+
+def test_consumer_lag_total_is_the_last_published_lag_of_the_assigned_partitions() -> None:
+    lag = ConsumerLag("sink_test", CollectorRegistry())
+    assert lag.total() == 0
+    lag.taken("t", 0, 5)
+    lag.publish({("t", 0): 15, ("t", 1): 7}, {("t", 0): 12, ("t", 1): 3})
+    assert lag.total() == 10 + 4  # from the first unfinished record, else the position
+    lag.forget([("t", 1)])
+    assert lag.total() == 10

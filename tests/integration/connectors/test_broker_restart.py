@@ -1,0 +1,235 @@
+"""The stack's Mosquitto restarts, and a replica goes away for good: nothing the broker
+acknowledged to a lamp is lost (docs/mqtt.md). Each restart takes the machine-wide lock of
+``restarts_services`` and leaves the broker running, also on failure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from connectors.mqtt_asyncio import AsyncioMqtt
+from pipeline.lamps import Credential
+from pipeline.settings import MqttBroker, Settings
+from tests.integration.connectors.conftest import (
+    ConnectorFactory,
+    LampSet,
+    TopicReader,
+    lamp_payload,
+    wait_for_all,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def stack(*args: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "stack", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+class Lamps:
+    """Lamps that keep publishing through broker restarts, as the firmware does: each QoS 1
+    message the broker acknowledged is recorded; an unacknowledged one is not sent again."""
+
+    def __init__(self, broker: MqttBroker, credentials: list[Credential]) -> None:
+        self.broker = broker
+        self.acked: set[tuple[str, int]] = set()
+        self.sent = 0
+        self.connections: dict[str, tuple[Credential, AsyncioMqtt, dict[int, int]]] = {}
+        for credential in credentials:
+            self.connections[credential.lamp_id] = self._connection(credential)
+
+    def _connection(self, credential: Credential) -> tuple[Credential, AsyncioMqtt, dict[int, int]]:
+        client = AsyncioMqtt(
+            host=self.broker.host,
+            port=self.broker.port,
+            client_id=f"lamp-{credential.lamp_id}",
+            username=credential.lamp_id,
+            password=credential.password,
+        )
+        pending: dict[int, int] = {}  # mid -> seq
+
+        def on_publish(_c: Any, _u: Any, mid: int, reason: Any, _p: Any) -> None:
+            seq = pending.pop(mid, None)
+            if seq is not None and not reason.is_failure:
+                self.acked.add((credential.lamp_id, seq))
+
+        client.client.on_publish = on_publish
+        return credential, client, pending
+
+    async def connect(self) -> None:
+        """Connect every lamp that is not connected (a refusal is retried on the next call)."""
+
+        async def one(lamp_id: str) -> None:
+            credential, client, _ = self.connections[lamp_id]
+            if client.connected.is_set():
+                return
+            await client.close()
+            self.connections[lamp_id] = self._connection(credential)
+            with contextlib.suppress(ConnectionError):
+                await self.connections[lamp_id][1].connect(timeout_s=2)
+
+        await asyncio.gather(*(one(lamp_id) for lamp_id in self.connections))
+
+    def publish(self, seq: int) -> None:
+        for lamp_id, (credential, client, pending) in self.connections.items():
+            if not client.connected.is_set():
+                continue
+            topic = f"lamps/{credential.site_id}/{lamp_id}/events"
+            info = client.client.publish(topic, lamp_payload(lamp_id, seq), qos=1)
+            pending[info.mid] = seq
+            self.sent += 1
+
+    async def close(self) -> None:
+        await asyncio.gather(*(client.close() for _, client, _ in self.connections.values()))
+
+
+async def test_connector_stopped_while_the_broker_restarts_loses_nothing(
+    settings: Settings,
+    connector: ConnectorFactory,
+    provision: Callable[[int], LampSet],
+    fleet_of: Callable[..., Any],
+    messages_topic: TopicReader,
+    restarts_services: None,
+) -> None:
+    """SIGTERM (a deploy), broker restart, lamps publish, connector back: all in Kafka."""
+    lamps = provision(20)
+    process = connector()
+    assert process.terminate() == 0
+    try:
+        await asyncio.to_thread(stack, "down", "mosquitto")
+    finally:
+        await asyncio.to_thread(stack, "up", "mosquitto")
+    fleet = await fleet_of(lamps)
+    sent = set()
+    for seq in range(10):
+        for lamp_id in lamps.ids:
+            fleet.publish(lamp_id, "events", lamp_payload(lamp_id, seq))
+            sent.add((lamp_id, seq))
+    await fleet.wait_acked()
+    process.start()
+    process.wait_until_subscribed()
+    missing, _ = await wait_for_all(messages_topic, lamps.site_id, sent, timeout_s=60)
+    assert not missing, f"{len(missing)} of {len(sent)} acknowledged messages lost"
+
+
+async def test_connector_running_while_the_broker_restarts_under_load(
+    settings: Settings,
+    connector: ConnectorFactory,
+    provision: Callable[[int], LampSet],
+    messages_topic: TopicReader,
+    restarts_services: None,
+) -> None:
+    """Lamps publish at about 500 messages/s; the broker is down for about 5 s and comes back;
+    the lamps reconnect at once, the connector within its 2 s backoff."""
+    lamps = provision(50)
+    process = connector()
+    fleet = Lamps(settings.mqtt.brokers[0], lamps.credentials)
+    await fleet.connect()
+    restart: asyncio.Task[None] | None = None
+
+    async def down_then_up() -> None:
+        try:
+            await asyncio.to_thread(stack, "down", "mosquitto")
+            await asyncio.sleep(5)
+        finally:
+            await asyncio.to_thread(stack, "up", "mosquitto")
+
+    try:
+        started = time.monotonic()
+        for seq in range(400):  # 50 lamps, 10 rounds a second: 40 s at most
+            fleet.publish(seq)
+            if seq == 50:
+                restart = asyncio.create_task(down_then_up())
+            await asyncio.sleep(max(0.0, started + (seq + 1) / 10 - time.monotonic()))
+            if seq % 5 == 0:
+                await fleet.connect()
+            if restart is not None and restart.done() and seq >= 250:
+                break
+    finally:
+        if restart is not None:
+            await restart  # the broker is up again whatever happened
+    await asyncio.sleep(2)  # the last acknowledgements
+    await fleet.close()
+    acked = set(fleet.acked)
+    assert len(acked) > 0.5 * fleet.sent, (len(acked), fleet.sent)
+    assert process.metrics()["mqtt_connects_total{broker=local}"] >= 2
+    missing, counts = await wait_for_all(messages_topic, lamps.site_id, acked, timeout_s=90)
+    print(  # noqa: T201
+        f"\n{fleet.sent} published, {len(acked)} acknowledged by the broker, "
+        f"{len(counts)} distinct in Kafka, {sum(counts.values()) - len(counts)} duplicates"
+    )
+    assert not missing, f"{len(missing)} of {len(acked)} acknowledged messages lost"
+    assert process.alive()
+
+
+async def test_a_replica_removed_for_good_hands_over_its_share(
+    connector: ConnectorFactory,
+    provision: Callable[[int], LampSet],
+    fleet_of: Callable[..., Any],
+    messages_topic: TopicReader,
+) -> None:
+    """Two replicas; the StatefulSet scales to one: replica 1 stops for good, and replica 0
+    rolls with the new count (the count is in the ConfigMap, whose change rolls the pods),
+    drains replica 1's session and ends it. Lamps publish throughout."""
+    lamps = provision(100)
+    fleet = await fleet_of(lamps)
+    fast = {"VEILLEUSE_CONNECTOR__DRAIN_INTERVAL_S": "2", "VEILLEUSE_CONNECTOR__MAX_ORDINAL": "4"}
+    first = connector(0, VEILLEUSE_CONNECTOR__REPLICAS="2", **fast)
+    second = connector(1, VEILLEUSE_CONNECTOR__REPLICAS="2", **fast)
+    sent: set[tuple[str, int]] = set()
+    seq = 0
+
+    async def publish(rounds: int) -> None:
+        nonlocal seq
+        for _ in range(rounds):
+            for lamp_id in lamps.ids:
+                fleet.publish(lamp_id, "events", lamp_payload(lamp_id, seq))
+                sent.add((lamp_id, seq))
+            seq += 1
+            await asyncio.sleep(0.05)
+
+    await publish(10)
+    assert await asyncio.to_thread(second.terminate) == 0  # scaled down: never comes back
+    await publish(20)  # half of these are dealt to replica 1's offline session
+    assert await asyncio.to_thread(first.terminate) == 0
+    first.env["VEILLEUSE_CONNECTOR__REPLICAS"] = "1"
+    first.start()
+    await publish(10)
+    first.wait_until_subscribed()
+    await publish(20)
+    await fleet.wait_acked()
+    missing, _ = await wait_for_all(messages_topic, lamps.site_id, sent, timeout_s=60)
+    assert not missing, f"{len(missing)} of {len(sent)} messages lost"
+    deadline = time.monotonic() + 20
+    while first.metrics().get("retired_sessions_drained_total{broker=local}", 0) < 1:
+        assert time.monotonic() < deadline, f"replica 1 never drained: see {first.log_file}"
+        await asyncio.sleep(0.5)
+    assert f"retired session {second.name}-local drained" in first.log_file.read_text()
+    # Its session is gone: the broker deals it nothing more.
+    probe = AsyncioMqtt(
+        host=fleet.broker.host,
+        port=fleet.broker.port,
+        client_id=f"{second.name}-local",
+        username=connector.settings.mqtt.username,
+        password=connector.settings.mqtt.password.get_secret_value(),
+        clean_start=False,
+        session_expiry_s=0,
+    )
+    present: list[bool] = []
+    probe.on_connected = present.append
+    await probe.connect()
+    await probe.close()
+    assert present == [False]
