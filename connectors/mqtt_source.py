@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import random
 import time
@@ -179,6 +180,7 @@ class BrokerConnection:
         self.lost = asyncio.Event()
         self.subscribed = asyncio.Event()
         self.subscriptions_granted = 0  # SUBACKs so far: the restart guard waits for a new one
+        self.session_present = False  # as the last CONNACK said
 
     def filters(self) -> list[str]:
         group = self.source.settings.mqtt.share_group
@@ -187,6 +189,7 @@ class BrokerConnection:
 
     def _on_connected(self, session_present: bool) -> None:
         self.lost.clear()
+        self.session_present = session_present
         dropped = self.ledger.forget_older_than(self.mqtt.generation)
         self.source.metrics.reconnects.labels(self.broker.name).inc()
         log.info(
@@ -236,6 +239,9 @@ class BrokerConnection:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
 
+    async def before_connect(self) -> None:
+        """A hook of the restart guard (connectors/sessions.py); may raise ConnectionError."""
+
     async def stay_connected(self, stopping: asyncio.Event) -> None:
         """Connect, and reconnect with jittered exponential backoff, until stopping.
 
@@ -247,6 +253,7 @@ class BrokerConnection:
         delay = first
         while not stopping.is_set():
             try:
+                await self.before_connect()
                 await self.mqtt.connect()
             except ConnectionError as exc:
                 wait = min(delay, cap) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
@@ -291,6 +298,7 @@ class MqttSource:
             registry=self.metrics.registry,
         )
         self.health.backlog = lambda: self.in_flight
+        self.health.conditions.append(self._unsubscribed)
         self.producer = ResilientProducer(
             settings,
             component="connector",
@@ -299,6 +307,11 @@ class MqttSource:
             max_batch_size=self.config.batch_bytes,
             request_timeout_ms=self.config.kafka_timeout_ms,
         )
+
+    def _unsubscribed(self) -> str | None:
+        """Until every broker granted the subscriptions, lamps' messages reach no one here."""
+        missing = [c.broker.name for c in self.connections if not c.subscribed.is_set()]
+        return f"not subscribed on {', '.join(missing)}" if missing else None
 
     # -- MQTT side (callbacks on the loop) -------------------------------------------------------
 
@@ -544,15 +557,16 @@ def run_connector(settings: Settings) -> None:
 
 
 def discard_sessions(settings: Settings) -> list[str]:
-    """Delete this replica's session on every broker (see ``discard_session``)."""
+    """Delete this replica's sessions on every broker (see ``discard_session``): its own and
+    its restart guard's (replica 0's; connecting to discard a missing one leaves nothing)."""
     from connectors.mqtt_asyncio import discard_session
 
     mqtt = settings.mqtt
 
     async def main() -> list[str]:
         done = []
-        for broker in mqtt.brokers:
-            client_id = f"{mqtt.client_id}-{broker.name}"
+        for broker, suffix in itertools.product(mqtt.brokers, ("", "-guard")):
+            client_id = f"{mqtt.client_id}{suffix}-{broker.name}"
             await discard_session(
                 host=broker.host,
                 port=broker.port,

@@ -42,6 +42,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from connectors.ledger import Delivery
+from connectors.mqtt_asyncio import AsyncioMqtt
 from connectors.mqtt_source import CHANNELS, BrokerConnection
 from pipeline.lamps import CONNECTOR_CONTROL_PREFIX
 
@@ -52,6 +53,12 @@ ORDINAL = re.compile(r"^(?P<base>.+)-(?P<ordinal>\d+)$")
 # unsubscription (queued messages follow one another at the broker's pace, milliseconds apart).
 QUIET_S = 1.5
 DRAIN_TIMEOUT_S = 300.0
+# The restart guard's heartbeat (a retained message: when it was last connected), and how much
+# earlier than that the broker must have started for the guard's backlog to be redundant: the
+# broker's uptime is refreshed every 10 s ($SYS interval), plus clock skew between hosts.
+HEARTBEAT_S = 5.0
+RESTART_MARGIN_S = 15.0
+UPTIME_TOPIC = "$SYS/broker/uptime"
 
 
 class SessionMetrics:
@@ -131,10 +138,13 @@ class RestartGuard(BrokerConnection):
         )
         self.main = main
         self.marker_topic = f"{CONNECTOR_CONTROL_PREFIX}/{self.client_id}/marker"
+        self.heartbeat_topic = f"{CONNECTOR_CONTROL_PREFIX}/{self.client_id}/seen"
         self.token = b""
         self.state = GuardState.FORWARDING
         self.metrics = metrics_of(main.source.metrics.registry)
         self.marking: asyncio.Task[None] | None = None
+        self.beating: asyncio.Task[None] | None = None
+        self.backlog_redundant = False
 
     def filters(self) -> list[str]:
         return [f"lamps/+/+/{channel}" for channel in CHANNELS] + [self.marker_topic]
@@ -143,21 +153,86 @@ class RestartGuard(BrokerConnection):
         try:
             await super().stay_connected(stopping)
         finally:
-            if self.marking is not None:
-                self.marking.cancel()
+            for task in (self.marking, self.beating):
+                if task is not None:
+                    task.cancel()
             await self.mqtt.close()  # keeping the session: it is the guard
+
+    async def before_connect(self) -> None:
+        """Decide, before taking the session, whether what it queued can be dropped: when the
+        broker ran throughout since the guard was last connected (its retained heartbeat against
+        the broker's uptime), the shared subscriptions were there all along. Only Mosquitto
+        publishes ``$SYS/broker/uptime``; elsewhere the backlog is always forwarded."""
+        self.backlog_redundant = False
+        await self.main.mqtt.connected.wait()
+        if not self.main.session_present:
+            return  # replica 0's own session is new: the group may have lacked its share
+        started, seen = await self._probe()
+        if started is not None and seen is not None:
+            self.backlog_redundant = started < seen - RESTART_MARGIN_S
+
+    async def _probe(self) -> tuple[float | None, float | None]:
+        """(when the broker started, when the guard was last connected), epoch seconds."""
+        settings = self.source.settings.mqtt
+        probe = AsyncioMqtt(
+            host=self.broker.host,
+            port=self.broker.port,
+            client_id=f"{self.client_id}-probe",
+            username=settings.username,
+            password=settings.password.get_secret_value(),
+            tls=self.broker.tls,
+            ca_file=str(self.broker.ca_file) if self.broker.ca_file else None,
+        )
+        found: dict[str, bytes] = {}
+
+        def retained(_c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+            found.setdefault(message.topic, bytes(message.payload))
+
+        probe.client.on_message = retained
+        try:
+            await probe.connect()
+            probe.client.subscribe([(UPTIME_TOPIC, 0), (self.heartbeat_topic, 0)])
+            deadline = time.monotonic() + 1.0  # retained messages follow the SUBACK at once
+            while len(found) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        finally:
+            await probe.close()
+        now = time.time()
+        started = seen = None
+        with contextlib.suppress(ValueError, IndexError):
+            started = now - int(found[UPTIME_TOPIC].split()[0])
+        with contextlib.suppress(ValueError, KeyError):
+            seen = int(found[self.heartbeat_topic]) / 1000
+        return started, seen
+
+    async def _beat(self) -> None:
+        while self.mqtt.connected.is_set():
+            self.mqtt.client.publish(
+                self.heartbeat_topic, str(time.time_ns() // 1_000_000), qos=1, retain=True
+            )
+            await asyncio.sleep(HEARTBEAT_S)
 
     def _on_connected(self, session_present: bool) -> None:
         self.lost.clear()
         self.ledger.forget_older_than(self.mqtt.generation)
-        # Whatever this connection brings first may have been missed by the share group.
+        # Whatever this connection brings first may have been missed by the share group, unless
+        # the broker ran throughout since the guard was last here.
         self._arm()
+        if self.backlog_redundant:
+            self.state = GuardState.DROPPING
+            self.metrics.guard_armed.labels(self.broker.name).set(0)
         log.info(
-            "restart guard connected to %s (session present: %s); forwarding until its marker",
+            "restart guard connected to %s (its session kept: %s); %s",
             self.broker.name,
             session_present,
+            "the broker ran throughout: nothing to forward"
+            if self.backlog_redundant
+            else "forwarding until its marker",
             extra={"component": "connector", "client_id": self.client_id},
         )
+        if self.beating is not None:
+            self.beating.cancel()
+        self.beating = asyncio.get_running_loop().create_task(self._beat())
         # Retain handling 2: no retained replays, which are old news the group never lost.
         options = SubscribeOptions(qos=1, retainHandling=2)
         self.mqtt.client.subscribe([(f, options) for f in self.filters()])

@@ -65,6 +65,8 @@ class Health:
         self.stuck_after_s = stuck_after_s
         self.clock = clock
         self.backlog: Callable[[], int] = lambda: 0
+        # Further conditions of readiness: each returns why the component is not ready, or None.
+        self.conditions: list[Callable[[], str | None]] = []
         self.started = False
         now = clock()
         self.last_progress = now
@@ -160,6 +162,10 @@ class Health:
     def readiness(self) -> Verdict:
         if not self.started:
             return Verdict(False, "starting")
+        for condition in self.conditions:
+            why = condition()
+            if why is not None:
+                return Verdict(False, why)
         now = self.clock()
         if self._waiting() and now - self.last_progress > self.stall_after_s:
             with self._lock:

@@ -26,6 +26,7 @@ import contextlib
 import functools
 import logging
 import random
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -66,18 +67,26 @@ class ResilientProducer:
         component: str,
         health: Health | None = None,
         max_backoff_s: float = 2.0,
+        unanswered_after_s: float | None = None,
         **options: Any,
     ) -> None:
         self.settings = settings
         self.component = component
         self.health = health
         self.max_backoff_s = max_backoff_s
+        # Default: twice the request timeout and 5 s: aiokafka answers or fails well before.
+        self.unanswered_after_s = unanswered_after_s or (
+            2 * float(options.get("request_timeout_ms", 40_000)) / 1000 + 5
+        )
         self.options = options
         self.producer: Any = None
         self.generation = 0
         self.restarts = 0
         self._ready = asyncio.Event()
-        self._pending: dict[int, set[asyncio.Future[Any]]] = {}
+        # generation -> the deliveries it still owes, in the order they were handed over, with
+        # the time each was (the first is the oldest)
+        self._pending: dict[int, dict[asyncio.Future[Any], float]] = {}
+        self._watching: asyncio.Task[None] | None = None
         self._restarting: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -87,9 +96,33 @@ class ResilientProducer:
     async def start(self) -> None:
         """Start the first producer; while Kafka cannot be reached, keep trying (cancellable)."""
         await self._start_new()
+        self._watching = asyncio.create_task(self._watch_unanswered())
+
+    async def _watch_unanswered(self) -> None:
+        """A delivery neither acknowledged nor failed long after the request timeout is a
+        wedged producer too (seen after a broker's clean stop: one partition's batches never
+        answered, every later record of it held behind them): replace it the same way."""
+        while not self._closed:
+            await asyncio.sleep(min(1.0, self.unanswered_after_s / 4))
+            generation = self.generation
+            pending = self._pending.get(generation)
+            if not pending or self._restarting is not None:
+                continue
+            oldest = next(iter(pending.values()))
+            waited = time.monotonic() - oldest
+            if waited > self.unanswered_after_s:
+                self._failed(
+                    generation,
+                    KafkaWriteError(
+                        f"{len(pending)} deliveries unanswered, the oldest for {waited:.0f} s"
+                    ),
+                )
 
     async def stop(self) -> None:
         self._closed = True
+        if self._watching is not None:
+            self._watching.cancel()
+            await asyncio.gather(self._watching, return_exceptions=True)
         self._ready.set()  # wakes the sends that wait for a producer: they fail
         if self._restarting is not None:
             self._restarting.cancel()
@@ -155,9 +188,12 @@ class ResilientProducer:
                 raise KafkaWriteError("the producer is stopped", topic=topic)
             producer, generation = self.producer, self.generation
             try:
-                inner = await producer.send(
-                    topic, value, key=key, headers=list(headers or ()), partition=partition
-                )
+                # aiokafka bounds this wait itself (buffer full, metadata); this bounds it again
+                # in case it does not, so that a wedged producer cannot hold the caller for ever.
+                async with asyncio.timeout(self.unanswered_after_s):
+                    inner = await producer.send(
+                        topic, value, key=key, headers=list(headers or ()), partition=partition
+                    )
             except Exception as exc:
                 if generation != self.generation:  # replaced while this send waited: again
                     continue
@@ -166,7 +202,7 @@ class ResilientProducer:
                     f"not accepted by the producer: {type(exc).__name__}: {exc}", topic=topic
                 ) from exc
             outer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self._pending.setdefault(generation, set()).add(outer)
+            self._pending.setdefault(generation, {})[outer] = time.monotonic()
             inner.add_done_callback(functools.partial(self._settle, generation, outer, topic))
             return outer
 
@@ -206,7 +242,7 @@ class ResilientProducer:
     ) -> None:
         pending = self._pending.get(generation)
         if pending is not None:
-            pending.discard(outer)
+            pending.pop(outer, None)
         if outer.done():  # failed already, when its producer was replaced
             return
         if inner.cancelled():
@@ -237,7 +273,7 @@ class ResilientProducer:
 
     def _fail_pending(self, generation: int, why: str) -> int:
         failed = 0
-        for outer in self._pending.pop(generation, set()):
+        for outer in self._pending.pop(generation, {}):
             if not outer.done():
                 outer.set_exception(ProducerRestartedError(why))
                 failed += 1

@@ -112,7 +112,9 @@ class LiveStateServer(Service):
             self._registered = held
         except Exception as exc:  # noqa: BLE001 - any Redis failure
             # The live part of the API degrades; detection must not.
-            log.warning("cannot register live partitions in Redis: %s", exc)
+            log.warning(
+                "cannot register live partitions in Redis: %s", exc, extra={"throttle": True}
+            )
 
     async def _unregister(self, partitions: set[int]) -> None:
         """Delete our own claims only: another worker may have claimed them already."""

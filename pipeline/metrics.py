@@ -118,9 +118,11 @@ class ConsumerLag:
 
     def forget(self, partitions: Iterable[Partition]) -> None:
         """``partitions`` were revoked: what was taken from them is someone else's now."""
-        for key in partitions:
+        revoked = set(partitions)
+        for key in revoked:
             self.unfinished.pop(key, None)
-            self._lags.pop(key, None)
+        # Replaced, not changed in place: the probes' thread may be summing it.
+        self._lags = {key: lag for key, lag in self._lags.items() if key not in revoked}
 
     def publish(self, ends: Offsets, positions: Offsets) -> dict[Partition, int]:
         """Set the gauge from end offsets and positions (both by partition); returns it."""

@@ -550,13 +550,17 @@ class Notifier:
         self.health.progress()
         return True
 
-    async def _start_consumer(self, consumer: Any, stop: asyncio.Event) -> bool:
+    async def _start_consumer(self, new_consumer: Callable[[], Any], stop: asyncio.Event) -> Any:
+        """A started consumer; while Kafka is down, a fresh one is tried again (a consumer
+        whose start failed is stopped, and a stopped one does not start again). None: stopped
+        first."""
         backoff = Backoff(0.5, STORE_RETRY_MAX_S * 5)
         while not stop.is_set():
+            consumer = new_consumer()
             try:
                 await consumer.start()
                 self.health.ok("kafka")
-                return True
+                return consumer
             except Exception as exc:  # noqa: BLE001 - Kafka down at start: wait, the timers run
                 wait = backoff.next()
                 self._store_down("kafka", exc, "consumer start", wait)
@@ -564,7 +568,7 @@ class Notifier:
                     await consumer.stop()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), wait)
-        return False
+        return None
 
     async def _apply_all(self, fetched: Any, consumer: Any, stop: asyncio.Event) -> bool:
         """Apply every fetched record in order (True), or False if stopped first."""
@@ -625,10 +629,9 @@ class Notifier:
             consumer.subscribe(topics, listener=_Log())
             return consumer
 
-        consumer = new_consumer()
-        while not await self._start_consumer(consumer, stop):
-            if stop.is_set():
-                return
+        consumer = await self._start_consumer(new_consumer, stop)
+        if consumer is None:
+            return
         log.info("notifier consuming %s as %s", topics, group, extra={"component": COMPONENT})
         watching = asyncio.create_task(lag.watch(aiokafka_offsets(consumer), stop))
         kafka_backoff = Backoff(0.5, STORE_RETRY_MAX_S * 5)

@@ -232,14 +232,18 @@ class SinkRunner:
             self.metrics.serve(self.metrics_port)
         await self.sink.start()
         await self.producer.start()  # while Kafka is down, waits for it
-        self.consumer = clients.consumer(
-            self.settings,
-            group_id=self.group_id,
-            isolation_level="read_committed",
-            max_poll_records=self.config.batch_max_records,
-        )
-        self.consumer.subscribe(list(self.sink.topics), listener=_Seek())
-        if not await self._start_consumer(stop):
+
+        def new_consumer() -> Any:
+            consumer = clients.consumer(
+                self.settings,
+                group_id=self.group_id,
+                isolation_level="read_committed",
+                max_poll_records=self.config.batch_max_records,
+            )
+            consumer.subscribe(list(self.sink.topics), listener=_Seek())
+            return consumer
+
+        if not await self._start_consumer(new_consumer, stop):
             await self.producer.stop()
             await self.sink.stop()
             return
@@ -278,10 +282,13 @@ class SinkRunner:
             await self.producer.stop()
             await self.sink.stop()
 
-    async def _start_consumer(self, stop: asyncio.Event) -> bool:
-        """Join the group; while Kafka is down, wait for it (False: stopped first)."""
+    async def _start_consumer(self, new_consumer: Callable[[], Any], stop: asyncio.Event) -> bool:
+        """Join the group as ``self.consumer``; while Kafka is down, try again with a fresh
+        consumer (a failed one is stopped, and a stopped one does not start again). False:
+        stopped first."""
         backoff = Backoff(0.5, KAFKA_RETRY_MAX_S)
         while not stop.is_set():
+            self.consumer = new_consumer()
             try:
                 await self.consumer.start()
                 self.health.ok("kafka")
@@ -289,6 +296,8 @@ class SinkRunner:
             except Exception as exc:  # noqa: BLE001 - Kafka not reachable: wait, never die
                 wait = backoff.next()
                 self._kafka_problem(exc, "consumer start", wait)
+                with contextlib.suppress(Exception):
+                    await self.consumer.stop()
                 await _wait(stop, wait)
         return False
 

@@ -47,7 +47,8 @@ class Mosquitto(Service):
             ComponentAccount(
                 username=mqtt.username,
                 password=mqtt.password.get_secret_value(),
-                read=("lamps/#", f"{CONNECTOR_CONTROL_PREFIX}/#"),
+                # $SYS/broker/uptime: the restart guard's way to tell a broker restart.
+                read=("lamps/#", f"{CONNECTOR_CONTROL_PREFIX}/#", "$SYS/broker/uptime"),
                 write=(f"{CONNECTOR_CONTROL_PREFIX}/#",),
             ),
             ComponentAccount(

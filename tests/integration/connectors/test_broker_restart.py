@@ -233,3 +233,60 @@ async def test_a_replica_removed_for_good_hands_over_its_share(
     await probe.connect()
     await probe.close()
     assert present == [False]
+
+
+async def broker_uptime_s(settings: Settings) -> int:
+    """``$SYS/broker/uptime`` as the connector's account reads it (refreshed every 10 s)."""
+    mqtt = settings.mqtt
+    client = AsyncioMqtt(
+        host=mqtt.brokers[0].host,
+        port=mqtt.brokers[0].port,
+        client_id=f"uptime-{time.monotonic_ns()}",
+        username=mqtt.username,
+        password=mqtt.password.get_secret_value(),
+    )
+    values: list[bytes] = []
+    client.client.on_message = lambda _c, _u, message: values.append(bytes(message.payload))
+    await client.connect()
+    try:
+        client.client.subscribe("$SYS/broker/uptime", 0)
+        deadline = time.monotonic() + 5
+        while not values:
+            assert time.monotonic() < deadline, "no $SYS/broker/uptime for the connector"
+            await asyncio.sleep(0.05)
+    finally:
+        await client.close()
+    return int(values[0].split()[0])
+
+
+async def test_a_connector_restart_alone_is_written_once(
+    settings: Settings,
+    connector: ConnectorFactory,
+    provision: Callable[[int], LampSet],
+    fleet_of: Callable[..., Any],
+    messages_topic: TopicReader,
+    restarts_services: None,  # held so that the broker does not restart meanwhile
+) -> None:
+    """The broker ran throughout: the share group's sessions held every message, so the restart
+    guard drops its own copy of the backlog instead of writing it a second time."""
+    lamps = provision(20)
+    fleet = await fleet_of(lamps)
+    await asyncio.sleep(max(0, 30 - await broker_uptime_s(settings)))  # a restart just before
+    process = connector()
+    await asyncio.sleep(1)  # the guard's first heartbeat
+    assert process.terminate() == 0
+    sent = set()
+    for seq in range(10):
+        for lamp_id in lamps.ids:
+            fleet.publish(lamp_id, "events", lamp_payload(lamp_id, seq))
+            sent.add((lamp_id, seq))
+    await fleet.wait_acked()
+    process.start()
+    process.wait_until_subscribed()
+    missing, counts = await wait_for_all(messages_topic, lamps.site_id, sent, timeout_s=60)
+    assert not missing, f"{len(missing)} of {len(sent)} messages lost"
+    await asyncio.sleep(2)
+    metrics = process.metrics()
+    assert metrics.get("restart_guard_forwarded_total{broker=local}", 0) == 0, metrics
+    assert sum(counts.values()) == len(sent), "a message was written twice"
+    assert "the broker ran throughout" in process.log_file.read_text()

@@ -85,6 +85,7 @@ async def test_no_loss_across_two_sigkills(
 
 
 async def test_kafka_outage_loses_nothing_and_memory_stays_bounded(
+    restarts_services: None,
     settings: Settings,
     connector: ConnectorFactory,
     provision: Callable[[int], LampSet],

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
@@ -51,6 +52,7 @@ CONFIRM_S = 10.0
 FREEZE_S = 3.0
 OUTAGE_S = 15.0
 LOG_LIMIT_BYTES = 2 * 1024 * 1024
+STALL_AFTER_S = 5.0
 SINK_PORTS = {"postgres": free_port(), "elasticsearch": free_port()}
 
 
@@ -83,6 +85,14 @@ def stack(*args: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def probe(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return answer.status, json.loads(answer.read())["reason"]
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read())["reason"]
+
+
 def metric(port: int, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     total = 0.0
@@ -108,6 +118,7 @@ async def pipeline_processes(
         "VEILLEUSE_SINK__ELASTICSEARCH_INDEX_PREFIX": f"{prefix[:-1]}-messages",
         "VEILLEUSE_SINK__LINGER_MS": "100",
         "VEILLEUSE_LOG_FORMAT": "json",
+        "VEILLEUSE_HEALTH__STALL_AFTER_S": str(STALL_AFTER_S),
     }
     specs: dict[str, tuple[list[str], dict[str, str]]] = {
         "connector": (["connector"], connector_env),
@@ -225,6 +236,10 @@ async def test_a_kafka_restart_under_the_whole_pipeline_loses_nothing_and_restar
                         os.killpg(pid, signal.SIGCONT)
                 await asyncio.to_thread(stack, "down", "kafka")
                 await asyncio.sleep(OUTAGE_S)
+                # The probes tell the truth: waiting for Kafka, not ready, yet alive.
+                ready, why = probe(metrics_port, "/readyz")
+                assert (ready, probe(metrics_port, "/livez")[0]) == (503, 200), why
+                assert "no progress" in why
             finally:
                 await asyncio.to_thread(stack, "up", "kafka")
             await asyncio.sleep(10)
@@ -261,6 +276,7 @@ async def test_a_kafka_restart_under_the_whole_pipeline_loses_nothing_and_restar
             assert -0.5 <= late_s <= 2.0, f"fall alert {late_s:+.2f} s from its deadline"
             alert_id = found[0]["alert_id"]
 
+        assert probe(metrics_port, "/readyz") == (200, "ready")
         await wait_for_downstream(settings, alert_id)
         # Both sinks wrote after the restart: every valid message indexed (at least once), the
         # alert stored.

@@ -45,7 +45,7 @@ def test_a_second_up_is_a_no_op(settings: Settings, require: Callable[..., None]
 
 
 def test_status_tells_the_truth_after_a_kill(
-    settings: Settings, require: Callable[..., None]
+    restarts_services: None, settings: Settings, require: Callable[..., None]
 ) -> None:
     require("redis")
     (redis,) = manager.services(settings, ("redis",))

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from api.services import ServiceUnavailableError, Services
+from api.services import Services, ServiceUnavailableError
 from pipeline.settings import load_settings
 
 

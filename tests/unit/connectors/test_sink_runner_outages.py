@@ -3,6 +3,7 @@ that fails is kept and sent with the next one, never raised; the probes say why.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -108,3 +109,30 @@ def test_a_sink_stalled_with_records_in_hand_is_not_ready_and_says_why() -> None
     assert not verdict.ok
     assert "test down: connect: refused" in verdict.reason
     assert health.liveness().ok  # a store down: waiting, not wedged
+
+
+class Starting:
+    def __init__(self, fails: bool) -> None:
+        self.fails = fails
+        self.stopped = False
+
+    async def start(self) -> None:
+        if self.fails:
+            raise KafkaConnectionError("Unable to bootstrap")
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+async def test_kafka_down_at_start_is_waited_for_with_a_fresh_consumer_each_time() -> None:
+    sink_runner, _ = runner()
+    made: list[Starting] = []
+
+    def new_consumer() -> Starting:
+        made.append(Starting(fails=len(made) < 2))
+        return made[-1]
+
+    assert await sink_runner._start_consumer(new_consumer, asyncio.Event())
+    assert [c.stopped for c in made] == [True, True, False]
+    assert sink_runner.consumer is made[-1]
+    assert sink_runner.health.problems == {}

@@ -125,3 +125,13 @@ async def test_a_short_wait_is_noticed_and_its_end_logged(caplog: pytest.LogCapt
     assert [r.getMessage() for r in caplog.records] == [
         "sink-postgres: progress resumed after 20.0 s"
     ]
+
+
+def test_a_condition_of_the_component_makes_it_not_ready_with_its_reason() -> None:
+    h = health(Clock())
+    h.start()
+    subscribed = {"local": False}
+    h.conditions.append(lambda: None if subscribed["local"] else "not subscribed on local")
+    assert h.readiness().reason == "not subscribed on local"
+    subscribed["local"] = True
+    assert h.readiness().ok

@@ -120,3 +120,15 @@ async def test_a_stopped_producer_refuses_records(script: Script) -> None:
     await producer.stop()
     with pytest.raises(KafkaWriteError, match="stopped"):
         await producer.send("t", b"late")
+
+
+async def test_deliveries_left_unanswered_replace_the_producer(script: Script) -> None:
+    script.behaviour = ["hang", "ok"]
+    producer = ResilientProducer(Settings(), component="connector", unanswered_after_s=0.2)
+    await producer.start()
+    held = await producer.send("t", b"never answered")
+    with pytest.raises(ProducerRestartedError):
+        await asyncio.wait_for(held, 5)
+    assert await (await producer.send("t", b"again")) == ("metadata", "t", b"again")
+    assert len(script.producers) == 2
+    await producer.stop()
