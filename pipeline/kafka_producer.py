@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 from pipeline import clients
 from pipeline.errors import VeilleuseError
 from pipeline.health import Health
+from pipeline.retry import Backoff
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class ResilientProducer:
         return float(self.options.get("request_timeout_ms", 40_000)) / 1000 + 5
 
     async def _start_new(self) -> None:
-        delay = 0.1
+        backoff = Backoff(min(0.1, self.max_backoff_s), self.max_backoff_s)
         while not self._closed:
             producer = clients.producer(self.settings, **self.options)
             try:
@@ -152,7 +152,7 @@ class ResilientProducer:
                 with contextlib.suppress(Exception):
                     await producer.stop()
                 self._problem(exc)
-                wait = delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
+                wait = backoff.next()
                 log.warning(
                     "%s: Kafka not reachable (%s: %s); trying again in %.1f s",
                     self.component,
@@ -162,7 +162,6 @@ class ResilientProducer:
                     extra={"component": self.component, "throttle": True},
                 )
                 await asyncio.sleep(wait)
-                delay = min(delay * 2, self.max_backoff_s)
                 continue
             self.generation += 1
             self.producer = producer
@@ -216,7 +215,7 @@ class ResilientProducer:
         partition: int | None = None,
     ) -> Any:
         """Send until Kafka has the record (a replay may duplicate it); its ``RecordMetadata``."""
-        delay = 0.1
+        backoff = Backoff(min(0.1, self.max_backoff_s), self.max_backoff_s)
         while True:
             try:
                 future = await self.send(
@@ -226,8 +225,7 @@ class ResilientProducer:
             except KafkaWriteError:
                 if self._closed:
                     raise
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311
-                delay = min(delay * 2, self.max_backoff_s)
+                await asyncio.sleep(backoff.next())
 
     async def partitions_for(self, topic: str) -> set[int]:
         """The partitions of ``topic`` (from the current producer's metadata)."""

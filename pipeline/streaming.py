@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 # many times in all, waiting 0.5, 1, 2, 4 s between: a partition leader elected meanwhile lets
 # it through; after that the worker stops and its partitions move to another worker.
 COMMIT_RETRY_FIRST_S = 0.5
+# The broker aborts (and fences) a transaction left open this long; a worker that died
+# mid-transaction holds read_committed readers of its partitions back for at most as long.
+TRANSACTION_TIMEOUT_MS = 60_000
 COMMIT_RETRY_MAX_S = 4.0
 
 
@@ -372,6 +375,7 @@ class BatchProcessor(Service):
             acks="all",
             enable_idempotence=True,
             transactional_id=self.transactional_id,
+            transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
             max_batch_size=1 << 20,
             linger_ms=0,
             **client_options(self.settings),
@@ -513,8 +517,10 @@ class BatchProcessor(Service):
         delay = COMMIT_RETRY_FIRST_S
         give_up = time.monotonic() + self.settings.health.stuck_after_s
         attempt = 0
+        outage = fenced_again = False
         while True:
             attempt += 1
+            began = time.monotonic()
             try:
                 if self.producer is None:
                     await self._start_producer()
@@ -522,9 +528,23 @@ class BatchProcessor(Service):
                 if self.health.problems:
                     self.health.ok("kafka")
                 return
-            except ProducerFenced:
-                raise  # another worker took our identity: this one is the zombie
+            except ProducerFenced as exc:
+                # Without an outage: another process took this worker's identity, this one is
+                # the zombie. After one (a failed attempt, or this transaction open past its
+                # timeout while aiokafka retried), the broker itself fenced the transaction it
+                # timed out: once, a fresh producer sends the batch again.
+                timed_out = time.monotonic() - began > 0.8 * TRANSACTION_TIMEOUT_MS / 1000
+                if not (outage or timed_out) or fenced_again:
+                    raise
+                fenced_again = True
+                log.warning(
+                    "transaction fenced after the Kafka outage (%s); sending the batch again",
+                    exc,
+                    extra={"component": self.agent.name},
+                )
+                await self._drop_producer()
             except KafkaError as exc:
+                outage = True
                 if self.should_stop or time.monotonic() > give_up:
                     raise
                 self.health.problem("kafka", f"{type(exc).__name__}: {exc}")

@@ -67,3 +67,15 @@ class PipelineProcess:
             assert self.alive(), f"{self.argv} exited:\n{self.tail(60)}"
             assert time.monotonic() < deadline, f"no {pattern!r} in the log:\n{self.tail(60)}"
             await asyncio.sleep(0.2)
+
+
+def stack_command(*args: str, timeout_s: float = 300) -> None:
+    """``veilleuse stack <args>`` as an operator types it; fails the test if it fails."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "stack", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -29,6 +29,7 @@ from tests.integration.connectors.conftest import (
     lamp_payload,
     wait_for_all,
 )
+from tests.integration.processes import stack_command
 
 pytestmark = pytest.mark.slow
 
@@ -100,30 +101,20 @@ async def test_kafka_outage_loses_nothing_and_memory_stays_bounded(
     samples: list[tuple[float, float]] = []  # (rss MiB, in flight)
     outage: dict[str, float] = {}
 
-    def stack(*args: str) -> None:
-        done = subprocess.run(
-            [sys.executable, "-m", "pipeline", "stack", *args],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-
     async def chaos(sent: int) -> None:
         metrics = process.metrics()
         samples.append((process.rss_mib(), metrics["in_flight"]))
         if "down" not in outage and sent >= 5000:
-            await asyncio.to_thread(stack, "down", "kafka")
+            await asyncio.to_thread(stack_command, "down", "kafka")
             outage["down"] = time.monotonic()
         elif "down" in outage and "up" not in outage and time.monotonic() - outage["down"] >= 30:
-            await asyncio.to_thread(stack, "up", "kafka")
+            await asyncio.to_thread(stack_command, "up", "kafka")
             outage["up"] = time.monotonic()
 
     try:
         sent = await publish_paced(fleet, lamps, per_lamp=250, rate=500, on_progress=chaos)
     finally:
-        await asyncio.to_thread(stack, "up", "kafka")
+        await asyncio.to_thread(stack_command, "up", "kafka")
     assert outage["up"] - outage["down"] >= 30
     missing, _ = await wait_for_all(messages_topic, lamps.site_id, sent, timeout_s=180)
     assert not missing, f"{len(missing)} messages lost"

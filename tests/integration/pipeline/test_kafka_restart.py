@@ -17,8 +17,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -44,7 +42,7 @@ from tests.integration.connectors.conftest import (  # the fixtures too
     lamp_payload,
     provision,  # noqa: F401
 )
-from tests.integration.processes import PipelineProcess
+from tests.integration.processes import PipelineProcess, stack_command
 
 pytestmark = pytest.mark.slow
 
@@ -72,17 +70,6 @@ def junk_for(lamps: LampSet, lamp_id: str, n: int) -> list[bytes]:
         (b'{"a":' * 200) + str(n).encode() + b"}" * 200,  # deep nesting
         b'{"v":1,"lamp_id":"' + lamp_id.encode() + b'","seq":NaN,"n":' + str(n).encode() + b"}",
     ]
-
-
-def stack(*args: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "stack", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def probe(port: int, path: str) -> tuple[int, str]:
@@ -234,14 +221,14 @@ async def test_a_kafka_restart_under_the_whole_pipeline_loses_nothing_and_restar
                     else:  # a clean stop that first answers some of what it was sent
                         os.killpg(pid, signal.SIGTERM)
                         os.killpg(pid, signal.SIGCONT)
-                await asyncio.to_thread(stack, "down", "kafka")
+                await asyncio.to_thread(stack_command, "down", "kafka")
                 await asyncio.sleep(OUTAGE_S)
                 # The probes tell the truth: waiting for Kafka, not ready, yet alive.
                 ready, why = probe(metrics_port, "/readyz")
                 assert (ready, probe(metrics_port, "/livez")[0]) == (503, 200), why
                 assert "no progress" in why
             finally:
-                await asyncio.to_thread(stack, "up", "kafka")
+                await asyncio.to_thread(stack_command, "up", "kafka")
             await asyncio.sleep(10)
             publishing.clear()
             await publisher
