@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,19 +22,9 @@ from tests.integration.connectors.conftest import (
     lamp_payload,
     wait_for_all,
 )
+from tests.integration.processes import stack_command as stack
 
 pytestmark = pytest.mark.slow
-
-
-def stack(*args: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "stack", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 class Lamps:
