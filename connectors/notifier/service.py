@@ -440,16 +440,20 @@ class Notifier:
     def _store_down(
         self, dependency: str, exc: BaseException, what: str, wait_s: float, **where: Any
     ) -> None:
+        # The first failure of an outage is an error (reported, e.g. to Sentry, once); the
+        # repeats while the store stays down are warnings, and rate-limited.
+        first = dependency not in self.health.problems
         self.health.problem(dependency, f"{type(exc).__name__}: {exc}")
         # One template per failing step and store, so that the rate limit (by template) keeps
         # the first line of each: "timer poll failed" is not hidden by "record failed".
         template = what + " failed, " + dependency + " unavailable (%s: %s); trying again in %.1f s"
-        log.warning(
+        log.log(
+            logging.ERROR if first else logging.WARNING,
             template,
             type(exc).__name__,
             exc,
             wait_s,
-            # Repeats every few seconds while the store is down: rate-limited.
+            exc_info=exc if first else None,
             extra={"component": COMPONENT, "dependency": dependency, "throttle": True, **where},
         )
 
