@@ -39,15 +39,16 @@ Partition = tuple[str, int]
 Offsets = Mapping[Partition, int | None]
 
 
-def serve(registry: CollectorRegistry, port: int, health: Health | None = None) -> None:
+def serve(registry: CollectorRegistry, port: int, health: Health | None = None) -> Any:
     """Serve ``registry`` on ``0.0.0.0:port``/metrics (Prometheus scrapes the pod's address),
-    and with ``health`` its probes on ``/readyz`` and ``/livez`` (200 or 503, JSON reason)."""
+    and with ``health`` its probes on ``/readyz`` and ``/livez`` (200 or 503, JSON reason).
+    Returns the server (``shutdown()`` stops it), served from a daemon thread."""
     # The process's memory, CPU and file descriptors, which a custom registry lacks.
     with contextlib.suppress(ValueError):  # already registered: served twice in one process
         ProcessCollector(registry=registry)
     if health is None:
-        start_http_server(port, addr="0.0.0.0", registry=registry)  # noqa: S104
-        return
+        server, _ = start_http_server(port, addr="0.0.0.0", registry=registry)  # noqa: S104
+        return server
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
     from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
@@ -73,6 +74,7 @@ def serve(registry: CollectorRegistry, port: int, health: Health | None = None) 
 
     server = make_server("0.0.0.0", port, app, ThreadingWSGIServer, handler_class=_Quiet)  # noqa: S104
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
 
 
 class ConsumerLag:

@@ -1,6 +1,6 @@
 """The probes point at the ports the settings give the components, and the connector's exec
-probes (its metrics stay on loopback) answer what they claim, against the connector's own
-metrics served the way it serves them."""
+probes answer what they claim, against /readyz and /livez served the way the connector serves
+them (pipeline.metrics.serve with its Health)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
-from connectors.mqtt_source import ConnectorMetrics
+from pipeline.health import Health
+from pipeline.metrics import serve
 from pipeline.ports import free_port
 from tests.unit.k8s.manifests import OVERLAYS, Doc, of_kind, pod_spec, rendered
 
@@ -58,15 +59,20 @@ def test_probes_use_the_ports_of_the_settings(overlay: str) -> None:
 
 
 @pytest.fixture
-def served() -> Iterator[tuple[ConnectorMetrics, int]]:
-    registry = CollectorRegistry()
-    metrics = ConnectorMetrics(registry)
+def served() -> Iterator[tuple[dict[str, bool], int]]:
+    """A connector's Health, whose readiness follows its subscriptions as the connector's does
+    (MqttSource._unsubscribed)."""
+    health = Health("connector", registry=CollectorRegistry())
+    subscribed: dict[str, bool] = {}
+    health.conditions.append(
+        lambda: None if subscribed and all(subscribed.values()) else "not subscribed"
+    )
+    health.start()
     port = free_port()
-    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
-    yield metrics, port
+    server = serve(CollectorRegistry(), port, health)
+    yield subscribed, port
     server.shutdown()
     server.server_close()
-    thread.join(timeout=5)
 
 
 def run_probe(probe: str, port: int) -> int:
@@ -79,14 +85,13 @@ def run_probe(probe: str, port: int) -> int:
 
 
 def test_connector_readiness_follows_the_subscriptions(
-    served: tuple[ConnectorMetrics, int],
+    served: tuple[dict[str, bool], int],
 ) -> None:
-    metrics, port = served
+    subscribed, port = served
     assert run_probe("readinessProbe", port) != 0  # not subscribed anywhere yet
-    metrics.subscribed.labels("emqx").set(1)
-    metrics.subscribed.labels("old-mosquitto").set(0)
+    subscribed.update({"emqx": True, "old-mosquitto": False})
     assert run_probe("readinessProbe", port) != 0  # one broker still missing
-    metrics.subscribed.labels("old-mosquitto").set(1)
+    subscribed["old-mosquitto"] = True
     assert run_probe("readinessProbe", port) == 0
     assert run_probe("livenessProbe", port) == 0
 
