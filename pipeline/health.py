@@ -162,10 +162,7 @@ class Health:
     def readiness(self) -> Verdict:
         if not self.started:
             return Verdict(False, "starting")
-        for condition in self.conditions:
-            why = condition()
-            if why is not None:
-                return Verdict(False, why)
+        reasons = [why for why in (condition() for condition in self.conditions) if why]
         now = self.clock()
         if self._waiting() and now - self.last_progress > self.stall_after_s:
             with self._lock:
@@ -173,12 +170,11 @@ class Health:
                     self._stalled_since = self.last_progress
                 problems = dict(self.problems)
             why = "; ".join(f"{dep} down: {err}" for dep, (_, err) in sorted(problems.items()))
-            return Verdict(
-                False,
+            reasons.append(
                 f"no progress for {now - self.last_progress:.0f} s with work waiting"
-                + (f" ({why})" if why else ""),
+                + (f" ({why})" if why else "")
             )
-        return Verdict(True, "ready")
+        return Verdict(False, "; ".join(reasons)) if reasons else Verdict(True, "ready")
 
     def liveness(self) -> Verdict:
         now = self.clock()
