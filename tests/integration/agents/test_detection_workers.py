@@ -126,7 +126,11 @@ async def test_every_alert_once_across_a_sigkill(detection_run: DetectionRun) ->
         lamp = alert["lamp_id"]
         if lamp in silent and alert["state"] == "raised":
             late_ms = arrived_ms - deadlines[lamp]
-            assert late_ms <= 2000, f"{lamp}: on the topic {late_ms} ms after its deadline"
+            # Both bounds: an alert without its 30 s of confirmation is as wrong as a late one
+            # (the deadline is taken just after the send, so the true one is a little earlier).
+            assert -1000 <= late_ms <= 2000, (
+                f"{lamp}: on the topic {late_ms:+} ms from its deadline"
+            )
             skew_ms = silent[lamp] * 1000
             started = int(alert["incident_started_at"].timestamp() * 1000)
             assert abs(started - (deadlines[lamp] - FALL_CONFIRM_MS + skew_ms)) < 2000
