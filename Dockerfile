@@ -15,23 +15,22 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
-COPY pipeline ./pipeline
-COPY agents ./agents
-COPY connectors ./connectors
+# The production packages only: devtools/ (stack, simulator, demo, bench) stays out.
 COPY schemas ./schemas
+COPY pipeline ./pipeline
+COPY connectors ./connectors
+COPY agents ./agents
+COPY notifier ./notifier
 COPY api ./api
+COPY cli ./cli
 RUN python -m venv /opt/veilleuse \
     && /opt/veilleuse/bin/pip install --constraint constraints.txt /src
-# migrations/ is not in the wheel: pipeline.migrations looks for it beside the installed
-# packages, so it goes exactly where that module says, and the build fails if it cannot see it.
+# The migrations are package data of pipeline.migrations: the wheel carries them, nothing is
+# copied by hand, and the build fails if the installed package cannot see them.
 # `python -P`: without it `python -c` puts the working folder /src first on sys.path and imports
-# the source tree's pipeline/, not the installed one (MIGRATIONS_DIR would be /src/...).
+# the source tree's pipeline/, not the installed one.
 # The root filesystem is read-only at run time: bytecode is compiled here, never at start.
-COPY migrations/postgres ./migrations/postgres
-RUN target="$(/opt/veilleuse/bin/python -P -c 'from pipeline.migrations import MIGRATIONS_DIR; print(MIGRATIONS_DIR)')" \
-    && mkdir -p "$target" \
-    && cp migrations/postgres/*.sql "$target"/ \
-    && /opt/veilleuse/bin/python -P -c 'from pipeline.migrations import discover; assert discover()' \
+RUN /opt/veilleuse/bin/python -P -c 'from pipeline.migrations import discover; assert discover()' \
     && /opt/veilleuse/bin/veilleuse --help >/dev/null \
     && /opt/veilleuse/bin/python -m compileall -q /opt/veilleuse/lib
 

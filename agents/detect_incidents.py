@@ -1,6 +1,6 @@
 """The detection agent: the rules of :mod:`agents.rules` over ``lamp.messages.v1``.
 
-A thin adapter between the batch path (:mod:`pipeline.streaming`) and the pure engine
+A thin adapter between the batch path (:mod:`agents.runtime.streaming`) and the pure engine
 (:mod:`agents.detection`): one engine per assigned partition, alerts encoded as Avro on
 ``alerts.v1``, records too late for their window to ``lamp.late.v1``, undecodable ones to
 ``lamp.dlq.v1`` with the reason, acknowledgements read from ``alerts.acks.v1``.
@@ -16,15 +16,14 @@ from typing import Any
 
 import orjson
 
+from agents.api import AgentSpec, Output, StateTable
 from agents.detection import PartitionEngine
-from agents.rules import build_rules
-from agents.rules.activity_hourly import ActivityHourlyRule
+from agents.rules import build_rules, installed_rules
 from agents.rules.base import Rule
+from agents.runtime.streaming import BatchResult, Produce
 from pipeline.records import KafkaRecord
 from pipeline.settings import Settings
-from pipeline.streaming import BatchResult, Produce
 from pipeline.topics import (
-    ACTIVITY_HOURLY,
     ALERT_ACKS,
     ALERTS,
     LAMP_DLQ,
@@ -32,7 +31,8 @@ from pipeline.topics import (
     LAMP_MESSAGES,
     topic_name,
 )
-from schemas import SchemaError, decode, encode, millis, schema
+from schemas import Schema, SchemaError, decode, encode, millis, schema
+from schemas.lamp_protocol import Reason
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,12 @@ def _lamp_id(record: KafkaRecord) -> str | None:
         return None
 
 
+def alert_kinds(alert_schema: Schema) -> frozenset[str]:
+    """The symbols of ``AlertKind`` in the writer schema (the kinds it may name directly)."""
+    (kind,) = [f for f in alert_schema.raw["fields"] if f["name"] == "kind"]
+    return frozenset(kind["type"]["symbols"]) - {"unknown"}
+
+
 def _taker(stored: dict[str, bytes]) -> Callable[[str], bytes | None]:
     """A lamp's stored state, handed out once (the engine keeps it in memory after)."""
 
@@ -59,7 +65,7 @@ def _taker(stored: dict[str, bytes]) -> Callable[[str], bytes | None]:
 
 
 class DetectIncidents:
-    """The :class:`~pipeline.streaming.BatchAgent` raising alerts from lamp messages."""
+    """The :class:`~agents.runtime.streaming.BatchAgent` raising alerts from lamp messages."""
 
     name = "detect_incidents"
     table_name = "lamp_state"
@@ -72,18 +78,18 @@ class DetectIncidents:
         self.alerts_topic = topic_name(settings, ALERTS)
         self.late_topic = topic_name(settings, LAMP_LATE)
         self.dlq_topic = topic_name(settings, LAMP_DLQ)
-        # What the rules emit besides alerts: kind -> (topic, writer schema).
-        self.emitted = {
-            "activity_hourly": (
-                topic_name(settings, ACTIVITY_HOURLY),
-                schema("activity_hourly.v1"),
-            ),
-        }
         self.topics: tuple[str, ...] = (self.messages_topic, self.acks_topic)
-        self.rules: tuple[Rule, ...] = build_rules(config)  # type: ignore[type-arg]
+        self.rules: tuple[Rule, ...] = build_rules(config, settings.rules)  # type: ignore[type-arg]
+        # What the rules emit besides alerts, as they declare it: kind -> (topic, writer schema).
+        self.emitted = {
+            kind: (topic_name(settings, output.topic), schema(output.schema or ""))
+            for rule in self.rules
+            for kind, output in rule.emits.items()
+        }
         self.wall_clock = wall_clock
         self.engines: dict[int, PartitionEngine] = {}
         self.alert_schema = schema("alert.v1")
+        self.alert_kinds = alert_kinds(self.alert_schema)
         self.counts: Counter[str] = Counter()
         self._result = BatchResult()
 
@@ -132,16 +138,16 @@ class DetectIncidents:
             self.counts.update(engine.counts)
 
     def live_activity(self, lamp_id: str) -> list[dict[str, Any]] | None:
-        """The lamp's hours not yet emitted on ``activity.hourly.v1`` (None: not held here)."""
+        """What the lamp's rules have not emitted yet (the activity rule's open hours), shown
+        live by the query API (None: the lamp is not held here)."""
         for engine in self.engines.values():
             lamp = engine.peek(lamp_id)
             if lamp is None:
                 continue
+            figures: list[dict[str, Any]] = []
             for rule in self.rules:
-                if isinstance(rule, ActivityHourlyRule):
-                    state = lamp.rules[rule.name]
-                    return rule.open_hours(state, lamp.lamp_id, lamp.site_id)  # type: ignore[arg-type]
-            return []
+                figures += rule.live(lamp.rules[rule.name], lamp.lamp_id, lamp.site_id) or []
+            return figures
         return None
 
     # -- records --------------------------------------------------------------------------
@@ -161,7 +167,7 @@ class DetectIncidents:
             lamp_id, alert_id = str(ack["lamp_id"]), str(ack["alert_id"])
             by, at = str(ack["acknowledged_by"]), millis(ack["acknowledged_at"])
         except (SchemaError, KeyError, TypeError, ValueError) as exc:
-            engine.outputs.dead.append((record, "bad_ack", str(exc)[:200]))
+            engine.outputs.dead.append((record, Reason.BAD_ACK.value, str(exc)[:200]))
             return
         if not engine.acknowledge(lamp_id, alert_id, by, at):
             log.info(
@@ -196,7 +202,7 @@ class DetectIncidents:
                 Produce(
                     self.alerts_topic,
                     alert.lamp_id.encode(),
-                    encode(self.alert_schema, alert.as_record()),
+                    encode(self.alert_schema, alert.as_record(self.alert_kinds)),
                     [("alert.kind", alert.kind.encode()), ("alert.state", alert.state.encode())],
                     log=(
                         f"alert {alert.kind} {alert.state} {alert.alert_id}",
@@ -265,3 +271,24 @@ class DetectIncidents:
     def take_result(self) -> BatchResult:
         result, self._result = self._result, BatchResult()
         return result
+
+
+def _rule_outputs() -> tuple[Output, ...]:
+    return tuple(output for rule in installed_rules() for output in rule.emits.values())
+
+
+AGENT = AgentSpec(
+    name=DetectIncidents.name,
+    help="The protocol's alerting rules (agents/rules/) over every lamp's messages, in event "
+    "time: alerts, late records, dead letters, and what the rules emit besides alerts.",
+    reads=(LAMP_MESSAGES, ALERT_ACKS),
+    table=StateTable(
+        DetectIncidents.table_name,
+        "Every lamp's detection state (clock, duplicates, rule states, deadlines).",
+    ),
+    build=lambda settings, _own, wall_clock: DetectIncidents(settings, wall_clock),
+    emits=(Output(ALERTS, "alert.v1"), Output(LAMP_LATE, None), Output(LAMP_DLQ, None)),
+    reads_settings=("detection", "rules"),
+    more_emits=_rule_outputs,
+    live=lambda agent: (agent.live_activity, lambda: sorted(agent.engines)),
+)

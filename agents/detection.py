@@ -22,8 +22,8 @@ from typing import Any
 import orjson
 
 from agents.events import DecodeError, LampEvent, decode_event
+from agents.eventtime import Deduplicator, LampClock
 from agents.rules.base import Alert, Incident, Rule, RuleState, alert_id_for
-from pipeline.eventtime import Deduplicator, LampClock
 from pipeline.records import KafkaRecord
 from pipeline.settings import DetectionSettings
 

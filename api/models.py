@@ -14,15 +14,40 @@ Granularity = Literal["hour", "day"]
 
 
 class Problem(BaseModel):
-    """Every 4xx/5xx answer: what went wrong, in words."""
+    """Every 4xx/5xx answer: an RFC 9457 problem detail, as ``application/problem+json``."""
 
-    detail: str
+    type: str = Field(
+        description="A URI naming the kind of problem (docs/api.md lists them); `about:blank` "
+        "when the status code says it all.",
+        examples=["about:blank", "tag:veilleuse,2026:problems/invalid-input"],
+        json_schema_extra={"format": "uri-reference"},
+    )
+    title: str = Field(description="Short summary of the type, the same for every occurrence.")
+    status: int = Field(ge=400, le=599, description="The HTTP status code of the answer.")
+    detail: str = Field(description="This occurrence, in words.")
+
+
+InputLocation = Literal["path", "query", "header", "cookie", "body"]
+
+
+class InvalidInput(BaseModel):
+    """One invalid input of a 422."""
+
+    detail: str = Field(description="What is wrong with it, in words.")
+    location: InputLocation = Field(description="Where the input was.")
+    parameter: str | None = Field(
+        None, description="The parameter's name (path, query, header or cookie)."
+    )
+    pointer: str | None = Field(
+        None, description="In the body: a JSON Pointer (RFC 6901) fragment, e.g. `#/sites/0`."
+    )
+    type: str = Field(description="The check that failed (pydantic's error type).")
 
 
 class ValidationProblem(Problem):
     """A 422: ``detail`` says it in words, ``errors`` lists each invalid input."""
 
-    errors: list[dict[str, Any]]
+    errors: list[InvalidInput]
 
 
 class Page(BaseModel, Generic[T]):

@@ -11,11 +11,11 @@ import aiohttp
 from aiokafka.partitioner import DefaultPartitioner
 from psycopg_pool import AsyncConnectionPool
 
+from agents.runtime.live import live_key
 from api.models import Check
 from pipeline import clients
 from pipeline.errors import VeilleuseError
 from pipeline.kafka_producer import KafkaWriteError, ResilientProducer
-from pipeline.live import live_key
 from pipeline.settings import Settings
 from pipeline.topics import ALERT_ACKS, LAMP_MESSAGES, topic_name
 

@@ -533,27 +533,22 @@ class MqttSource:
 
 def run_connector(settings: Settings) -> None:
     """The ``veilleuse connector`` process: metrics endpoint, signals, run until told to stop."""
-    import signal
-
     from pipeline.metrics import serve
+    from pipeline.process import run_until_stopped
 
-    async def main() -> None:
+    async def main(stop: asyncio.Event) -> None:
         registry = CollectorRegistry()
         source = MqttSource(settings, registry)
         if settings.connector.metrics_port:
             serve(registry, settings.connector.metrics_port, source.health)
         source.health.watch()
         beating = asyncio.create_task(source.health.beat_forever())
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         try:
             await source.run(stop)
         finally:
             beating.cancel()
 
-    asyncio.run(main())
+    run_until_stopped(main)
 
 
 def discard_sessions(settings: Settings) -> list[str]:

@@ -91,11 +91,17 @@ python -c "
 import sys
 from pipeline.migrations import MIGRATIONS_DIR, discover
 assert MIGRATIONS_DIR.is_relative_to(sys.prefix), MIGRATIONS_DIR
+try:
+    import devtools
+except ModuleNotFoundError:
+    pass
+else:
+    raise SystemExit(\"the image holds the developer tooling: \" + devtools.__file__)
 print(len(discover()), \"migrations in\", MIGRATIONS_DIR)"
 python -c "
 import importlib, pkgutil
 names = []
-for top in (\"pipeline\", \"agents\", \"connectors\", \"schemas\", \"api\"):
+for top in (\"schemas\", \"pipeline\", \"connectors\", \"agents\", \"notifier\", \"api\", \"cli\"):
     found = pkgutil.walk_packages(importlib.import_module(top).__path__, top + \".\")
     names += [top] + [m.name for m in found if not m.name.endswith(\"__main__\")]
 for name in names:

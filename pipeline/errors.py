@@ -1,12 +1,23 @@
-"""The exception hierarchy: everything Veilleuse raises on purpose derives from VeilleuseError."""
+"""The exception hierarchy: everything Veilleuse raises on purpose derives from VeilleuseError.
+
+The root itself is defined in ``schemas.errors`` (re-exported here, the same class): the schemas
+package must be usable with fastavro alone, without the pipeline, and its ``SchemaError`` must
+still derive from the one root.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from schemas.errors import VeilleuseError
 
-class VeilleuseError(Exception):
-    """Root of every error Veilleuse raises on purpose."""
+__all__ = [
+    "ConfigurationError",
+    "ProvisioningError",
+    "RecordError",
+    "StackError",
+    "VeilleuseError",
+]
 
 
 class ConfigurationError(VeilleuseError):

@@ -16,7 +16,7 @@ back-off. Callers keep their own rule: an MQTT message is acknowledged, a sink's
 committed, an acknowledgement is answered, only once the future of its record succeeded.
 
 The detection worker's transactional producer recovers the same way inside its transactions
-(:mod:`pipeline.streaming`): it aborts and replays the whole batch with a fresh producer.
+(:mod:`agents.runtime.streaming`): it aborts and replays the whole batch with a fresh producer.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Prometheus metrics: the worker's, the consumer lag every Kafka-consuming component shares, and
 the one way a component serves its registry.
 
-Every name is ``veilleuse_<component>_…`` with HELP text; :func:`component_registries` builds
-each component's registry without any service, for the test that lists the names and for the
-Grafana dashboard's test (k8s/observability/grafana-dashboard.json), so that neither a rename
-nor the dashboard can drift silently.
+Every name is ``veilleuse_<component>_…`` with HELP text. The ground floor imports no component:
+the tests build each component's registry (tests/unit/pipeline/components.py) to list the names
+and to check the Grafana dashboard (k8s/observability/grafana-dashboard.json), so that neither a
+rename nor the dashboard can drift silently.
 """
 
 from __future__ import annotations
@@ -256,8 +256,9 @@ class WorkerMetrics:
         if records:
             self.batch_records.observe(records)
         self.batch_seconds.observe(seconds)
-        totals: dict[str, int] = dict(self.agent.counts)
-        for engine in self.agent.engines.values():
+        # Counters of the detection agent and its engines; an agent may keep none (agents.api).
+        totals: dict[str, int] = dict(getattr(self.agent, "counts", {}))
+        for engine in getattr(self.agent, "engines", {}).values():
             for name, value in engine.counts.items():
                 totals[name] = totals.get(name, 0) + value
         for name, value in totals.items():
@@ -283,29 +284,6 @@ class WorkerMetrics:
 
     def serve(self, port: int, health: Health | None = None) -> None:
         serve(self.registry, port, health)
-
-
-def component_registries() -> dict[str, CollectorRegistry]:
-    """Every component's registry, as its command builds it (no service is contacted)."""
-    from api.app import Metrics as ApiMetrics
-    from connectors.mqtt_source import ConnectorMetrics
-    from connectors.notifier.service import NotifierMetrics
-    from connectors.sinks.elasticsearch import SearchMetrics
-    from connectors.sinks.runner import SinkMetrics
-
-    connector = CollectorRegistry()
-    ConnectorMetrics(connector)
-    postgres = SinkMetrics("postgres")
-    elasticsearch = SinkMetrics("elasticsearch")
-    SearchMetrics(elasticsearch.registry)
-    return {
-        "connector": connector,
-        "worker": WorkerMetrics(agent=None).registry,
-        "sink-postgres": postgres.registry,
-        "sink-elasticsearch": elasticsearch.registry,
-        "notifier": NotifierMetrics().registry,
-        "api": ApiMetrics().registry,
-    }
 
 
 def metric_names(registry: CollectorRegistry) -> dict[str, str]:

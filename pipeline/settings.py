@@ -10,11 +10,14 @@ The defaults point at the local stack started by ``veilleuse stack up``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.errors import ConfigurationError
@@ -24,6 +27,36 @@ Environment = Literal["development", "staging", "production"]
 # Development secrets, known to everybody: refused outside the development environment.
 LOCAL_POSTGRES_PASSWORD = "veilleuse-local-postgres"  # noqa: S105
 LOCAL_MQTT_PASSWORD = "veilleuse-local-connector"  # noqa: S105
+
+
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 - Standard Webhooks' marker, not a secret
+WEBHOOK_KEY_MIN_BYTES = 24  # Standard Webhooks: keys of 24 to 64 random bytes
+
+
+def webhook_signing_key(secret: str) -> bytes:
+    """The HMAC key of ``notifier.webhook_secret``.
+
+    ``whsec_<base64>`` is Standard Webhooks' form, what its verifiers take as they are. Any other
+    value is a secret of the releases before it, whose UTF-8 bytes were the key: a receiver of
+    such a secret ``S`` verifies with ``"whsec_" + base64(S)``. Raises
+    :class:`ConfigurationError`, never a pydantic error, whose text would quote the secret.
+    """
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        return secret.encode()
+    encoded = secret.removeprefix(WEBHOOK_SECRET_PREFIX)
+    try:
+        # Some providers drop the base64 padding; Standard Webhooks' own verifiers accept that.
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except binascii.Error:
+        raise ConfigurationError(
+            "notifier.webhook_secret: what follows whsec_ is not base64"
+        ) from None
+    if len(key) < WEBHOOK_KEY_MIN_BYTES:
+        raise ConfigurationError(
+            f"notifier.webhook_secret: whsec_ key of {len(key)} bytes; Standard Webhooks keys "
+            f"are {WEBHOOK_KEY_MIN_BYTES} to 64 random bytes"
+        )
+    return key
 
 
 class _Section(BaseModel):
@@ -175,9 +208,6 @@ class DetectionSettings(_Section):
     staff_min_persons: int = Field(
         2, ge=2, description="Rule 4: persons seen from which staff is taken to be present."
     )
-    help_cancel_s: float = Field(
-        30, gt=0, description="Rule 3: a cancel within this time resolves a help request."
-    )
     environment_low_c: float = Field(17, description="Rule 7: lowest acceptable mean (°C).")
     environment_high_c: float = Field(28, description="Rule 7: highest acceptable mean (°C).")
     environment_window_s: int = Field(600, gt=0, description="Rule 7: averaging window.")
@@ -188,13 +218,6 @@ class DetectionSettings(_Section):
         5, ge=1, description="Rule 7: fewest readings for a window's mean to count."
     )
     offline_after_s: float = Field(300, gt=0, description="Rule 8: silence that is offline.")
-    inactivity_s: float = Field(10_800, gt=0, description="Rule 9: daytime without motion.")
-    inactivity_day_start: str = Field(
-        "08:00", pattern=r"^\d\d:\d\d$", description="Rule 9: daytime start, site local time."
-    )
-    inactivity_day_end: str = Field(
-        "20:00", pattern=r"^\d\d:\d\d$", description="Rule 9: daytime end, site local time."
-    )
     default_timezone: str = Field(
         "Europe/Paris", description="Time zone of the sites not listed in site_timezones."
     )
@@ -348,8 +371,9 @@ class NotifierSettings(_Section):
     )
     webhook_secret: SecretStr | None = Field(
         None,
-        description="Shared secret of the webhooks' HMAC-SHA256 signature (secret); unset: no "
-        "webhook is called.",
+        description="Signing secret of the webhooks (secret), Standard Webhooks' "
+        "`whsec_<base64 of 24-64 random bytes>`; a value without `whsec_` is a raw secret of "
+        "earlier releases (its UTF-8 bytes are the key). Unset: no webhook is called.",
     )
     webhook_timeout_s: float = Field(10, gt=0, description="Per-request webhook timeout.")
     smtp_host: str | None = Field(None, description="SMTP relay host; unset: no e-mail.")
@@ -370,6 +394,19 @@ class NotifierSettings(_Section):
         if self.webhook_urls and self.webhook_secret is None:
             raise ValueError("notifier.webhook_urls are set but notifier.webhook_secret is not")
         return self
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret_decodes(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None:
+            webhook_signing_key(secret.get_secret_value())
+        return secret
+
+    def webhook_key(self) -> bytes | None:
+        """The webhooks' HMAC key (:func:`webhook_signing_key`); None without a secret."""
+        if self.webhook_secret is None:
+            return None
+        return webhook_signing_key(self.webhook_secret.get_secret_value())
 
     def ms(self, seconds: float) -> int:
         return round(seconds * 1000)
@@ -544,6 +581,17 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()
     connector: ConnectorSettings = ConnectorSettings()
     detection: DetectionSettings = DetectionSettings()
+    # Kept raw here (the ground floor imports no rule): each rule's own model validates its
+    # section when the registry (agents.rules) builds it. rule name -> field -> value.
+    rules: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Thresholds of each rule, VEILLEUSE_RULES__<RULE>__<FIELD> (rows below).",
+    )
+    # Likewise, each agent's own settings (agents.registry validates them with its model).
+    agents: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Settings of each agent, VEILLEUSE_AGENTS__<AGENT>__<FIELD> (rows below).",
+    )
     sink: SinkSettings = SinkSettings()
     notifier: NotifierSettings = NotifierSettings()
     postgres: PostgresSettings = PostgresSettings()
@@ -573,6 +621,10 @@ class Settings(BaseSettings):
         return self
 
 
+# Sections kept raw (a mapping per rule or agent), validated by the models of agents/.
+RAW_SECTIONS = ("rules", "agents")
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings from the environment (and ``.env``); the only place that does.
 
@@ -591,8 +643,13 @@ def load_settings(**overrides: Any) -> Settings:
     return settings
 
 
-def settings_table() -> str:
-    """The README's settings table, generated from the model so that it cannot drift."""
+def settings_table(sections: Mapping[str, Mapping[str, type[BaseModel]]] | None = None) -> str:
+    """The README's settings table, generated from the model so that it cannot drift.
+
+    ``sections`` gives the rows of the raw sections (``rules``, ``agents``), which this
+    ground-floor module cannot know: section -> rule or agent name -> its settings model
+    (``agents.registry.settings_sections()``).
+    """
     rows = ["| variable | default | meaning |", "|---|---|---|"]
 
     def walk(model: type[BaseModel], prefix: str) -> None:
@@ -601,6 +658,10 @@ def settings_table() -> str:
             env = f"{prefix}{name.upper()}"
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
                 walk(annotation, f"{env}__")
+                continue
+            if model is Settings and name in RAW_SECTIONS:
+                for owner, owner_model in sorted((sections or {}).get(name, {}).items()):
+                    walk(owner_model, f"{env}__{owner.upper()}__")
                 continue
             default = info.get_default(call_default_factory=True)
             if isinstance(default, SecretStr):

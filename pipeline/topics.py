@@ -51,6 +51,11 @@ ALERT_ACKS = TopicSpec(
 ACTIVITY_HOURLY = TopicSpec(
     "activity.hourly.v1", "final activity figures per lamp and hour (Avro)", 90 * DAY_MS
 )
+ACTIVITY_NIGHTLY = TopicSpec(
+    "activity.nightly.v1",
+    "night summary per lamp and local night, 22:00-07:00 site time (Avro night_summary.v1)",
+    90 * DAY_MS,
+)
 
 TOPICS: tuple[TopicSpec, ...] = (
     LAMP_MESSAGES,
@@ -59,6 +64,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     ALERTS,
     ALERT_ACKS,
     ACTIVITY_HOURLY,
+    ACTIVITY_NIGHTLY,
     SINK_DLQ,
 )
 

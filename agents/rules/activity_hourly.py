@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from agents.api import Output
 from agents.events import LampEvent
+from agents.eventtime import WindowSpec
 from agents.rules.base import Rule, RuleContext, RuleState
-from pipeline.eventtime import WindowSpec
+from pipeline.topics import ACTIVITY_HOURLY
 
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
@@ -47,6 +49,7 @@ class ActivityHourlyRule(Rule[ActivityState]):
         {"motion", "posture", "fall_suspected", "button", "temperature", "heartbeat", "status"}
     )
     state_type = ActivityState
+    emits = {"activity_hourly": Output(ACTIVITY_HOURLY, "activity_hourly.v1")}  # noqa: RUF012
 
     @cached_property
     def spec(self) -> WindowSpec:
@@ -114,6 +117,9 @@ class ActivityHourlyRule(Rule[ActivityState]):
             ctx.emit("activity_hourly", self.figures(window, ctx.lamp_id, ctx.site_id))
         if state.windows:
             ctx.set_timer(CLOSE, spec.closes_at(state.windows[0][START]))
+
+    def live(self, state: ActivityState, lamp_id: str, site_id: str) -> list[dict[str, Any]]:
+        return self.open_hours(state, lamp_id, site_id)
 
     def open_hours(self, state: ActivityState, lamp_id: str, site_id: str) -> list[dict[str, Any]]:
         """The figures so far of the hours not yet emitted (what the query API shows live)."""

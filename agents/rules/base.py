@@ -14,6 +14,9 @@ import uuid
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
+from pydantic import BaseModel, ConfigDict
+
+from agents.api import Output
 from agents.events import LampEvent
 from pipeline.settings import DetectionSettings
 
@@ -39,10 +42,13 @@ class Alert:
     emitted_at: int
     details: dict[str, str]
 
-    def as_record(self) -> dict[str, Any]:
+    def as_record(self, known_kinds: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """The Avro record; a kind not in ``known_kinds`` (the schema's ``AlertKind``) is
+        written ``unknown``, its name in ``kind_name``, which every record carries."""
         return {
             "alert_id": self.alert_id,
-            "kind": self.kind,
+            "kind": self.kind if self.kind in known_kinds else "unknown",
+            "kind_name": self.kind,
             "severity": self.severity,
             "state": self.state,
             "site_id": self.site_id,
@@ -134,17 +140,36 @@ class RuleContext(Protocol):
         ...
 
 
+class RuleSettings(BaseModel):
+    """Base of a rule's thresholds, declared in the rule's own module.
+
+    Read from ``VEILLEUSE_RULES__<RULE NAME>__<FIELD>`` (e.g.
+    ``VEILLEUSE_RULES__HELP_BUTTON__CANCEL_S``): the settings model keeps that section raw, and
+    the rule registry validates it with the rule's model when it builds the rule, so the ground
+    floor (``pipeline/``) never imports a rule. Give every field a default and a description:
+    the README table and the Kubernetes ConfigMap are checked against them.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
 S = TypeVar("S", bound=RuleState)
 
 
 @dataclass
 class Rule(Generic[S]):
-    """Base of the rules. Subclasses set ``name``, ``handles``, ``state_type`` and the hooks."""
+    """Base of the rules. Subclasses set ``name``, ``handles``, ``state_type`` and the hooks,
+    and ``settings_type`` with ``settings`` when they have thresholds of their own."""
 
     name: ClassVar[str]
     handles: ClassVar[frozenset[str]]
     state_type: ClassVar[type[RuleState]]
+    settings_type: ClassVar[type[RuleSettings]] = RuleSettings
+    # What the rule emits besides alerts, by the kind it gives ``ctx.emit`` (the agent encodes
+    # each record with the output's schema and produces it to its topic).
+    emits: ClassVar[dict[str, Output]] = {}
     config: DetectionSettings = field(repr=False)
+    settings: RuleSettings = field(default_factory=RuleSettings, repr=False)
 
     def new_state(self) -> S:
         return self.state_type()  # type: ignore[return-value]
@@ -154,6 +179,10 @@ class Rule(Generic[S]):
 
     def on_timer(self, state: S, timer: str, ctx: RuleContext) -> None:
         """A deadline set with ``ctx.set_timer`` was reached."""
+
+    def live(self, state: S, lamp_id: str, site_id: str) -> list[dict[str, Any]] | None:
+        """What the rule has not emitted yet, shown live by the query API (None: nothing)."""
+        return None
 
     def on_ack(self, state: S, alert_id: str, by: str, ctx: RuleContext) -> None:
         """Staff acknowledged an alert: by default that closes its incident."""

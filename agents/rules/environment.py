@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from agents.events import LampEvent
+from agents.eventtime import WindowSpec
 from agents.rules.base import Rule, RuleContext, RuleState
-from pipeline.eventtime import WindowSpec
 
 CLOSE = "close"
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from pydantic import Field
 
 from agents.events import LampEvent
-from agents.rules.base import Rule, RuleContext, RuleState
+from agents.rules.base import Rule, RuleContext, RuleSettings, RuleState
+
+
+class HelpButtonSettings(RuleSettings):
+    cancel_s: float = Field(30, gt=0, description="A cancel within this time resolves a request.")
 
 
 @dataclass
@@ -20,10 +26,12 @@ class HelpButtonRule(Rule[HelpButtonState]):
     name = "help_button"
     handles = frozenset({"button"})
     state_type = HelpButtonState
+    settings_type = HelpButtonSettings
+    settings: HelpButtonSettings = field(default_factory=HelpButtonSettings, repr=False)
 
     def on_event(self, state: HelpButtonState, event: LampEvent, ctx: RuleContext) -> None:
         action, ts = event.str_field("action"), event.ts
-        window = self.config.ms(self.config.help_cancel_s)
+        window = round(self.settings.cancel_s * 1000)
         if action == "cancel":
             state.last_cancel_at = max(state.last_cancel_at, ts)
             incident = state.incident

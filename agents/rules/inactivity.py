@@ -7,15 +7,27 @@ starts with the lamp's first message, so a lamp that never saw motion is covered
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from pydantic import Field
+
 from agents.events import LampEvent
-from agents.rules.base import Rule, RuleContext, RuleState
+from agents.rules.base import Rule, RuleContext, RuleSettings, RuleState
 from pipeline.settings import DetectionSettings
 
 DUE = "due"
+
+
+class InactivitySettings(RuleSettings):
+    after_s: float = Field(10_800, gt=0, description="Daytime without motion that is an alert.")
+    day_start: str = Field(
+        "08:00", pattern=r"^\d\d:\d\d$", description="Daytime start, site local time."
+    )
+    day_end: str = Field(
+        "20:00", pattern=r"^\d\d:\d\d$", description="Daytime end, site local time."
+    )
 
 
 def site_zone(config: DetectionSettings, site_id: str) -> ZoneInfo:
@@ -28,11 +40,11 @@ def site_zone(config: DetectionSettings, site_id: str) -> ZoneInfo:
     return ZoneInfo(config.default_timezone)
 
 
-def inactivity_due(last_motion_ms: int, zone: ZoneInfo, config: DetectionSettings) -> int:
+def inactivity_due(last_motion_ms: int, zone: ZoneInfo, config: InactivitySettings) -> int:
     """When an inactivity alert is due if no motion follows ``last_motion_ms``."""
-    day_start = time.fromisoformat(config.inactivity_day_start)
-    day_end = time.fromisoformat(config.inactivity_day_end)
-    span = timedelta(seconds=config.inactivity_s)
+    day_start = time.fromisoformat(config.day_start)
+    day_end = time.fromisoformat(config.day_end)
+    span = timedelta(seconds=config.after_s)
     local = datetime.fromtimestamp(last_motion_ms / 1000, zone)
     day = local.date()
     for _ in range(3):
@@ -42,7 +54,7 @@ def inactivity_due(last_motion_ms: int, zone: ZoneInfo, config: DetectionSetting
         if begin + span <= end:
             return int((begin + span).timestamp() * 1000)
         day += timedelta(days=1)
-    raise ValueError("inactivity_s does not fit in the daytime")
+    raise ValueError("rules.inactivity.after_s does not fit in the daytime")
 
 
 @dataclass
@@ -62,6 +74,8 @@ class InactivityRule(Rule[InactivityState]):
         {"motion", "posture", "fall_suspected", "button", "temperature", "heartbeat", "status"}
     )
     state_type = InactivityState
+    settings_type = InactivitySettings
+    settings: InactivitySettings = field(default_factory=InactivitySettings, repr=False)
 
     def on_event(self, state: InactivityState, event: LampEvent, ctx: RuleContext) -> None:
         if event.is_last_will:
@@ -78,14 +92,15 @@ class InactivityRule(Rule[InactivityState]):
         ctx.set_timer(DUE, self._due(state, event.ts, ctx.site_id))
 
     def _due(self, state: InactivityState, ts: int, site_id: str) -> int:
-        span = self.config.ms(self.config.inactivity_s)
+        settings = self.settings
+        span = round(settings.after_s * 1000)
         if state.plain_from <= ts <= state.plain_until:
             return ts + span  # motion is frequent: skip the calendar most of the time
         zone = site_zone(self.config, site_id)
-        due = inactivity_due(ts, zone, self.config)
+        due = inactivity_due(ts, zone, settings)
         local = datetime.fromtimestamp(ts / 1000, zone).date()
-        start = datetime.combine(local, time.fromisoformat(self.config.inactivity_day_start), zone)
-        end = datetime.combine(local, time.fromisoformat(self.config.inactivity_day_end), zone)
+        start = datetime.combine(local, time.fromisoformat(settings.day_start), zone)
+        end = datetime.combine(local, time.fromisoformat(settings.day_end), zone)
         state.plain_from = int(start.timestamp() * 1000)
         state.plain_until = int(end.timestamp() * 1000) - span
         return due

@@ -42,6 +42,7 @@ import orjson
 
 from connectors.sinks.runner import Batch, Rejected, SinkError, StoreUnavailableError, WriteResult
 from connectors.validation import TOPIC
+from pipeline.elasticsearch import unavailable, unavailable_reason
 from pipeline.records import KafkaRecord
 from pipeline.settings import Settings
 from pipeline.topics import LAMP_DLQ, LAMP_MESSAGES, topic_name
@@ -453,42 +454,6 @@ def async_client(settings: Settings) -> AsyncElasticsearch:
     return client
 
 
-def unavailable_reason(exc: BaseException) -> str:
-    """The error counter's reason for an exception :func:`unavailable` accepted."""
-    from elastic_transport import ConnectionError as TransportConnectionError
-    from elastic_transport import ConnectionTimeout
-    from elasticsearch import ApiError
-
-    if isinstance(exc, ApiError):
-        return {408: "timeout", 429: "overloaded"}.get(exc.status_code, "unavailable")
-    if isinstance(exc, ConnectionTimeout | asyncio.TimeoutError):
-        return "timeout"
-    if isinstance(exc, TransportConnectionError | OSError):
-        return "connect"
-    return "unavailable"
-
-
-def unavailable(exc: BaseException) -> bool:
-    """Whether an exception of the client means "the store is down or overloaded"."""
-    from elastic_transport import TransportError
-    from elasticsearch import ApiError
-
-    if isinstance(exc, ApiError):
-        error = exc.body.get("error") if isinstance(exc.body, Mapping) else None
-        kind = error.get("type") if isinstance(error, Mapping) else None
-        return (
-            exc.status_code in (408, 429)
-            or exc.status_code >= 500
-            or kind
-            in (
-                "cluster_block_exception",
-                "no_shard_available_action_exception",
-                "unavailable_shards_exception",
-            )
-        )
-    return isinstance(exc, TransportError | asyncio.TimeoutError | OSError)
-
-
 def error_type(exc: BaseException) -> str | None:
     from elasticsearch import ApiError
 
@@ -879,18 +844,13 @@ def _short(exc: BaseException) -> str:
 def run(settings: Settings) -> None:
     """``veilleuse sink elasticsearch``: index until SIGTERM or SIGINT (the bulk in progress is
     finished first)."""
-    import signal
-
     from connectors.sinks.runner import SinkRunner
+    from pipeline.process import run_until_stopped
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+    async def main(stop: asyncio.Event) -> None:
         sink = ElasticsearchSink(settings)
         runner = SinkRunner(settings, sink, metrics_port=settings.sink.elasticsearch_metrics_port)
         sink.metrics = SearchMetrics(runner.metrics.registry)
         await runner.run_supervised(stop)
 
-    asyncio.run(main())
+    run_until_stopped(main)

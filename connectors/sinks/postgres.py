@@ -31,7 +31,7 @@ from pipeline import migrations
 from pipeline.records import KafkaRecord
 from pipeline.settings import Settings
 from pipeline.topics import ACTIVITY_HOURLY, ALERTS, topic_name
-from schemas import SchemaError, decode, millis
+from schemas import SchemaError, alert_kind, decode, millis
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def alert_step(record: KafkaRecord, data: dict[str, Any]) -> AlertStep:
         _text(f"details[{key}]", value, empty_ok=True)
     return AlertStep(
         alert_id=_text("alert_id", data["alert_id"]),
-        kind=_text("kind", data["kind"]),
+        kind=_text("kind", alert_kind(data)),
         severity=_text("severity", data["severity"]),
         state=_text("state", data["state"]),
         site_id=_text("site_id", data["site_id"]),

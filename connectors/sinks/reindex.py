@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 import time
 import uuid
@@ -595,14 +594,12 @@ def run_reindex(
 ) -> ReindexReport:
     """Run a reindex until it is done or SIGINT/SIGTERM (then the current bulk is finished)."""
 
-    async def main() -> ReindexReport:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+    from pipeline.process import run_until_stopped
+
+    async def main(stop: asyncio.Event) -> ReindexReport:
         return await reindex(settings, options, stop, stream)
 
-    return asyncio.run(main())
+    return run_until_stopped(main)
 
 
 def run_drop_generation(settings: Settings, generation: int) -> list[str]:

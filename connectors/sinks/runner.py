@@ -507,13 +507,9 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
 
 def run_sink(settings: Settings, sink: Sink, metrics_port: int) -> None:
     """Run ``sink`` until SIGTERM or SIGINT (the batch in progress is finished first)."""
-    import signal
+    from pipeline.process import run_until_stopped
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+    async def main(stop: asyncio.Event) -> None:
         await SinkRunner(settings, sink, metrics_port=metrics_port).run_supervised(stop)
 
-    asyncio.run(main())
+    run_until_stopped(main)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.stack import manager
 from pipeline.settings import Settings, load_settings
-from pipeline.stack import manager
 from tests.conftest import under_ci
 
 

@@ -17,11 +17,11 @@ from typing import Any
 import orjson
 import pytest
 
+from devtools.processes import PipelineProcess
 from pipeline import clients
 from pipeline.settings import Settings
 from pipeline.topics import ALERTS, LAMP_MESSAGES, ensure_topics, topic_name
 from schemas import decode
-from tests.integration.processes import PipelineProcess
 
 READY = re.compile(r"partitions ready: (\[.*\])")
 REVOKED = re.compile(r"revoked (\[.*\])")
@@ -75,10 +75,18 @@ class DetectionRun:
             "VEILLEUSE_LOG_FORMAT": "json",
         }
 
-    def worker(self, instance_id: str, script: str | None = None, **env: str) -> WorkerProcess:
-        """A worker; ``script`` runs instead of ``-m pipeline`` (a worker with a fault)."""
+    def worker(
+        self,
+        instance_id: str,
+        script: str | None = None,
+        *,
+        args: tuple[str, ...] = (),
+        **env: str,
+    ) -> WorkerProcess:
+        """A worker; ``script`` runs instead of ``-m cli`` (a worker with a fault);
+        ``args`` are more options of ``veilleuse worker`` (``--agents``)."""
         log_file = self.tmp_path / f"{instance_id}-{len(self.workers)}.log"
-        argv = ["worker", "--instance-id", instance_id]
+        argv = ["worker", "--instance-id", instance_id, *args]
         worker = WorkerProcess(argv, {**self.env(), **env}, log_file, script=script)
         self.workers.append(worker)
         worker.start()

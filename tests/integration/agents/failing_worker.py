@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline import cli, streaming
+from agents.runtime import streaming
+from cli import main as cli
 
 
 async def _refuse(self: Any, result: Any, offsets: Any) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import NotLeaderForPartitionError
 
-from pipeline import cli
+from cli import main as cli
 
 COMMITTED_WITHOUT = "COMMITTED A TRANSACTION WHOSE DELIVERY FAILED"
 _send = AIOKafkaProducer.send

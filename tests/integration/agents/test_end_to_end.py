@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from devtools.smoke import detection_round_trip
 from pipeline.settings import Settings
-from pipeline.smoke import detection_round_trip
 
 
 async def test_a_silent_lamps_fall_and_a_help_request_arrive_on_alerts(

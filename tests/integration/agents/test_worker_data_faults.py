@@ -33,8 +33,8 @@ async def test_junk_to_the_dlq_late_to_the_side_output_acks_close(
     good_header = [("mqtt.topic", f"lamps/{SITE}/L-junk/events".encode())]
     junk = {
         "not_json": (b"L-junk", b"{not json", good_header),
-        "not_an_object": (b"L-junk", b"[1, 2]", good_header),
-        "lamp_mismatch": (
+        "not_object": (b"L-junk", b"[1, 2]", good_header),
+        "lamp_id_mismatch": (
             b"L-other",
             orjson.dumps(
                 {
@@ -54,7 +54,7 @@ async def test_junk_to_the_dlq_late_to_the_side_output_acks_close(
             orjson.dumps({"v": 1, "lamp_id": "L-junk", "seq": 2, "ts": now_ms, "type": "sneeze"}),
             good_header,
         ),
-        "no_site": (
+        "bad_topic": (
             b"L-junk",
             orjson.dumps(
                 {

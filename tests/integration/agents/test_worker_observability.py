@@ -25,7 +25,7 @@ async def test_a_failed_batch_is_reported_to_sentry(detection_run: DetectionRun)
     assert failed, [e.get("logentry") or e.get("exception") for e in events]
     event = failed[0]
     assert event["tags"]["component"] == "worker"
-    assert event["logger"] == "pipeline.streaming"
+    assert event["logger"] == "agents.runtime.streaming"
     exception = event["exception"]["values"][-1]
     assert exception["type"] == "RuntimeError"
     assert exception["value"] == "injected: the transaction cannot commit"

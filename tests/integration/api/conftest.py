@@ -18,11 +18,11 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from api.tokens import create_token, revoke_token
+from devtools.processes import PipelineProcess
 from pipeline.ports import free_port
 from pipeline.settings import Settings
 from pipeline.topics import ALERT_ACKS, LAMP_MESSAGES, ensure_topics, ensure_topics_sync
 from tests.integration.databases import scratch_database
-from tests.integration.processes import PipelineProcess
 
 SITE_A, SITE_B = "site-a", "site-b"
 HOUR = timedelta(hours=1)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import httpx
 import pytest
 
+from api.problems import INVALID_CURSOR, INVALID_INPUT
 from tests.integration.api.conftest import SITE_A, SITE_B, YESTERDAY, ApiRun
 
 READERS = ("support", "staff_a", "staff_b", "admin")
@@ -13,6 +17,16 @@ REFUSED = (None, "revoked", "forged")
 @pytest.fixture(autouse=True)
 def services(require) -> None:  # type: ignore[no-untyped-def]
     require("postgres", "kafka", "elasticsearch", "redis")
+
+
+def problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The body of an RFC 9457 problem answer with that status."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert {"type", "title", "status", "detail"} <= set(body), body
+    assert body["status"] == status and body["detail"], body
+    return body
 
 
 @pytest.mark.parametrize(
@@ -30,9 +44,9 @@ def services(require) -> None:  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("role", REFUSED)
 def test_no_valid_token_no_answer(api_run: ApiRun, path: str, role: str | None) -> None:
     response = api_run.get(role, path)
-    assert response.status_code == 401, response.text
+    body = problem(response, 401)
+    assert (body["type"], body["title"]) == ("about:blank", "Unauthorized")
     assert response.headers["www-authenticate"] == "Bearer"
-    assert response.json()["detail"]
 
 
 @pytest.mark.parametrize("role", REFUSED)
@@ -80,8 +94,9 @@ def test_a_staff_token_finds_nothing_of_another_site(api_run: ApiRun, path: str)
 @pytest.mark.parametrize("path", ["/lamps", "/alerts", "/messages/search"])
 def test_a_staff_token_cannot_ask_for_another_site(api_run: ApiRun, path: str) -> None:
     response = api_run.get("staff_a", path, site=SITE_B)
-    assert response.status_code == 403
-    assert SITE_B in response.json()["detail"]
+    body = problem(response, 403)
+    assert SITE_B in body["detail"]
+    assert (body["type"], body["title"]) == ("about:blank", "Forbidden")
     assert api_run.get("staff_a", path, site=SITE_A).status_code == 200
 
 
@@ -133,20 +148,27 @@ def test_activity_from_postgres_by_hour_and_day(api_run: ApiRun) -> None:
 
 
 @pytest.mark.parametrize(
-    ("params", "problem"),
+    ("params", "status", "words"),
     [
-        ({"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "from must be before to"),
-        ({"from": "2025-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "at most 744 hours"),
-        ({"granularity": "week"}, "granularity"),
-        ({"from": "yesterday"}, "from"),
+        (
+            {"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"},
+            400,
+            "from must be before to",
+        ),
+        (
+            {"from": "2025-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"},
+            400,
+            "at most 744 hours",
+        ),
+        ({"granularity": "week"}, 422, "granularity"),
+        ({"from": "yesterday"}, 422, "from"),
     ],
 )
 def test_bad_activity_queries_are_clear_4xx(
-    api_run: ApiRun, params: dict[str, str], problem: str
+    api_run: ApiRun, params: dict[str, str], status: int, words: str
 ) -> None:
     response = api_run.get("support", "/lamps/L-A1/activity", **params)
-    assert 400 <= response.status_code < 500
-    assert problem in response.json()["detail"]
+    assert words in problem(response, status)["detail"]
 
 
 @pytest.mark.parametrize(
@@ -167,9 +189,25 @@ def test_bad_activity_queries_are_clear_4xx(
 def test_invalid_inputs_are_refused_with_a_reason(
     api_run: ApiRun, path: str, params: dict[str, object], status: int
 ) -> None:
-    response = api_run.get("support", path, **params)
-    assert response.status_code == status, response.text
-    assert response.json()["detail"]
+    body = problem(api_run.get("support", path, **params), status)
+    if status == 400:
+        assert (body["type"], body["title"]) == (INVALID_CURSOR, "Invalid cursor")
+    else:
+        assert (body["type"], body["title"]) == (INVALID_INPUT, "Invalid input")
+        assert body["errors"] and all(e["detail"] and e["location"] for e in body["errors"])
+
+
+def test_an_invalid_body_points_at_the_field(api_run: ApiRun) -> None:
+    body = problem(api_run.post("admin", "/tokens", {"name": "x", "role": "root"}), 422)
+    (error,) = body["errors"]
+    assert (error["location"], error["pointer"]) == ("body", "#/role")
+
+
+def test_a_wrong_method_is_a_problem_with_every_allowed_method(api_run: ApiRun) -> None:
+    with api_run.client("admin") as client:
+        response = client.put("/tokens")
+    problem(response, 405)
+    assert response.headers["allow"] == "GET, POST"
 
 
 @pytest.mark.parametrize("role", ["support", "staff_a", "staff_b"])
@@ -196,12 +234,12 @@ def test_an_admin_creates_lists_and_revokes_a_token(api_run: ApiRun) -> None:
     assert "token" not in listed["nurse-c"]
     assert listed["revoked"]["revoked_at"] is not None
     duplicate = api_run.post("admin", "/tokens", {"name": "nurse-c", "role": "support"})
-    assert duplicate.status_code == 409
+    assert "nurse-c" in problem(duplicate, 409)["detail"]
     invalid = api_run.post("admin", "/tokens", {"name": "nobody", "role": "staff"})
-    assert invalid.status_code == 400 and "site" in invalid.json()["detail"]
+    assert "site" in problem(invalid, 400)["detail"]
     with api_run.client("admin") as client:
         assert client.delete("/tokens/nurse-c").status_code == 204
-        assert client.delete("/tokens/nurse-c").status_code == 404
+        assert "nurse-c" in problem(client.delete("/tokens/nurse-c"), 404)["detail"]
         assert client.get("/lamps", headers=headers).status_code == 401
 
 

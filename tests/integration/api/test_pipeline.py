@@ -13,13 +13,13 @@ from typing import Any, TypeVar
 import pytest
 from aiokafka import TopicPartition
 
+from devtools.processes import PipelineProcess
 from pipeline import clients
 from pipeline.ports import free_port
 from pipeline.topics import ALERT_ACKS, topic_name
 from schemas import decode
 from tests.integration.agents.conftest import LampSender
 from tests.integration.api.conftest import SITE_A, ApiRun
-from tests.integration.processes import PipelineProcess
 
 T = TypeVar("T")
 

@@ -26,14 +26,14 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from connectors.fleet import Fleet, connect_fleet
 from connectors.mqtt_asyncio import discard_session
+from devtools.fleet import Fleet, connect_fleet
+from devtools.stack.context import StackContext
+from devtools.stack.mosquitto import Mosquitto
 from pipeline import clients
 from pipeline.lamps import Credential
 from pipeline.ports import free_port
 from pipeline.settings import MqttBroker, Settings
-from pipeline.stack.context import StackContext
-from pipeline.stack.mosquitto import Mosquitto
 from pipeline.topics import LAMP_DLQ, LAMP_MESSAGES
 
 
@@ -50,7 +50,7 @@ class ConnectorProcess:
     def start(self) -> None:
         with self.log_file.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline", "connector"],
+                [sys.executable, "-m", "cli", "connector"],
                 env={**os.environ, **self.env},
                 stdout=out,
                 stderr=subprocess.STDOUT,

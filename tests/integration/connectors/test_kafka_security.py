@@ -6,9 +6,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from devtools.stack.context import StackContext
+from devtools.stack.kafka import SASL_USER, Kafka
 from pipeline.settings import Settings
-from pipeline.stack.context import StackContext
-from pipeline.stack.kafka import SASL_USER, Kafka
 from tests.integration.connectors.conftest import (
     ConnectorFactory,
     LampSet,

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from connectors.validation import MAX_PAYLOAD_BYTES, Reason
+from connectors.validation import Reason
+from devtools.stack.context import StackContext
+from devtools.stack.mosquitto import Mosquitto
+from devtools.stack.tls import make_certificates
 from pipeline.ports import free_port
 from pipeline.settings import MqttBroker, Settings
-from pipeline.stack.context import StackContext
-from pipeline.stack.mosquitto import Mosquitto
-from pipeline.stack.tls import make_certificates
 from tests.integration.connectors.conftest import (
     ConnectorFactory,
     LampSet,
@@ -30,6 +30,7 @@ from tests.integration.connectors.conftest import (
     wait_for_all,
 )
 from tests.integration.processes import stack_command
+from tests.lamp_corpus import junk_kinds
 
 pytestmark = pytest.mark.slow
 
@@ -161,22 +162,8 @@ async def test_junk_goes_to_the_dlq_with_its_reason_and_valid_messages_all_arriv
     process = connector()
 
     def junk(lamp_id: str, seq: int, kind: int) -> tuple[Reason, bytes]:
-        good = json.loads(lamp_payload(lamp_id, seq))
-        kinds: list[tuple[Reason, bytes]] = [
-            (Reason.NOT_JSON, b"\x00garbage" + str(seq).encode()),
-            (Reason.NOT_JSON, lamp_payload(lamp_id, seq)[:-7]),  # truncated
-            (Reason.WRONG_TYPE, json.dumps({**good, "seq": str(seq)}).encode()),
-            (Reason.UNKNOWN_TYPE, json.dumps({**good, "type": "selfie"}).encode()),
-            (Reason.LAMP_MISMATCH, json.dumps({**good, "lamp_id": "L-other"}).encode()),
-            (Reason.OVERSIZED, json.dumps({**good, "pad": "x" * MAX_PAYLOAD_BYTES}).encode()),
-            (
-                Reason.MISSING_FIELD,
-                json.dumps({k: v for k, v in good.items() if k != "ts"}).encode(),
-            ),
-            (Reason.NOT_UTF8, b'{"v": 1, "lamp_id": "\xff"}'),
-            (Reason.NOT_OBJECT, b"[]"),
-            (Reason.BAD_VALUE, json.dumps({**good, "level": 101}).encode()),
-        ]
+        # The corpus's kinds: tests/unit/schemas checks a worker refuses them for the same reason.
+        kinds = junk_kinds(lamp_id, seq, lamp_payload(lamp_id, seq))
         return kinds[kind % len(kinds)]
 
     expected_junk: Counter[str] = Counter()
@@ -399,7 +386,7 @@ def test_a_retired_replicas_session_can_be_discarded(connector: ConnectorFactory
     process = connector()
     assert process.terminate() == 0
     discard = subprocess.run(
-        [sys.executable, "-m", "pipeline", "connector", "--discard-session"],
+        [sys.executable, "-m", "cli", "connector", "--discard-session"],
         env={**os.environ, **process.env},
         capture_output=True,
         text=True,

@@ -1,5 +1,6 @@
 """The notifier as real processes on the real Kafka, Redis and PostgreSQL, with a real webhook
-receiver (http.server in a thread, verifying every signature) and a real SMTP server.
+receiver (http.server in a thread, verifying every delivery with the Standard Webhooks library,
+as a receiving team does, and the deprecated X-Veilleuse-Signature too) and a real SMTP server.
 
 aiosmtpd is not installed in the venv, so :class:`SmtpServer` is a minimal SMTP server written
 with asyncio (EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT) on its own event loop in a thread.
@@ -8,6 +9,7 @@ with asyncio (EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT) on its own event lo
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import email
 import socket
@@ -24,25 +26,27 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
 
-from connectors.notifier import staff
-from connectors.notifier.channels import (
-    ID_HEADER,
+from devtools.processes import PipelineProcess
+from devtools.stack import manager
+from notifier import staff
+from notifier.channels import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    WEBHOOK_ID_HEADER,
     SignatureError,
     verify_signature,
 )
 from pipeline import clients
-from pipeline.settings import Settings
-from pipeline.stack import manager
+from pipeline.settings import Settings, webhook_signing_key
 from pipeline.topics import ALERT_ACKS, ALERTS, ensure_topics, topic_name
 from schemas import encode, schema
 from tests.conftest import under_ci
 from tests.integration.databases import scratch_database
-from tests.integration.processes import PipelineProcess
 
-SECRET = "integration-test-secret"
+# A Standard Webhooks secret, as a receiving team is given it.
+SECRET = "whsec_" + base64.b64encode(b"integration-test-secret-0123456789").decode()
 READY = r"notifier assigned \["
 
 
@@ -55,6 +59,8 @@ class Hook:
     notification_id: str
     body: dict[str, Any]
     received_ms: int
+    raw: bytes
+    headers: dict[str, str]
 
     @property
     def alert_id(self) -> str:
@@ -66,7 +72,7 @@ class Hook:
 
 
 class WebhookServer:
-    """Records every POST; refuses (401) and counts those whose signature does not verify."""
+    """Records every POST; refuses (401) and counts those whose signatures do not verify."""
 
     def __init__(self) -> None:
         self.hooks: list[Hook] = []
@@ -78,22 +84,25 @@ class WebhookServer:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 now = time.time_ns() // 1_000_000
+                headers = dict(self.headers.items())
                 try:
-                    verify_signature(
-                        SECRET.encode(),
+                    Webhook(SECRET).verify(body, headers)
+                    verify_signature(  # deprecated, still sent for one release
+                        webhook_signing_key(SECRET),
                         body,
                         self.headers.get(SIGNATURE_HEADER),
                         self.headers.get(TIMESTAMP_HEADER),
                         now_ms=now,
                         tolerance_ms=60_000,
                     )
-                except SignatureError as exc:
+                except (WebhookVerificationError, SignatureError) as exc:
                     with server.lock:
-                        server.refused.append(str(exc))
+                        server.refused.append(f"{type(exc).__name__}: {exc}")
                     self.send_response(401)
                     self.end_headers()
                     return
-                hook = Hook(self.path, self.headers[ID_HEADER], orjson.loads(body), now)
+                notification_id = self.headers[WEBHOOK_ID_HEADER]
+                hook = Hook(self.path, notification_id, orjson.loads(body), now, body, headers)
                 with server.lock:
                     server.hooks.append(hook)
                 self.send_response(204)

@@ -11,10 +11,13 @@ import threading
 import time
 from collections import Counter
 
-from connectors.notifier.policy import AlertState
-from connectors.notifier.store import Job, Timers
+import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from notifier.policy import AlertState
+from notifier.store import Job, Timers
 from pipeline import clients
-from tests.integration.notifier.conftest import NotifierRun, wait_until
+from tests.integration.notifier.conftest import SECRET, NotifierRun, wait_until
 
 INTEGRATION = "/integration"
 LATE_MS = 1500  # how late a notification may arrive (poll, Kafka, process scheduling)
@@ -92,6 +95,30 @@ async def test_an_unacknowledged_critical_alert_is_renotified_escalated_and_clos
     assert first["through"]["email"] == ["ana@home.test"]
     assert by_step[("notified", 3)][1]["to"] == ["ana", "bob", "cleo"]
     assert by_step[("escalated", 1)][1]["to"] == ["ana", "bob", "cleo"]
+
+
+async def test_a_real_delivery_verifies_with_the_standard_webhooks_library(
+    notifier_run: NotifierRun,
+) -> None:
+    """What a receiving team does: ``standardwebhooks.Webhook(secret).verify`` on the raw body
+    and headers of a delivery the notifier made. (The receiver already answers 401 to what does
+    not verify, so every other test here checks it too.)"""
+    run = notifier_run
+    await run.notifier("a")
+    alert_id, _ = await run.raise_alert("L-5", severity="warning", kind="environment")
+    await wait_until(lambda: slots(run, alert_id) == [1], 10, "the delivery", run)
+    assert not run.webhooks.refused
+    (hook,) = run.webhooks.of(alert_id, INTEGRATION)
+    headers = {name.lower(): value for name, value in hook.headers.items()}
+    assert headers["webhook-id"] == f"{alert_id}:1" == hook.body["notification_id"]
+    sent_ms = int(headers["webhook-timestamp"]) * 1000  # whole seconds
+    assert 0 <= hook.received_ms - sent_ms < 2500
+    assert headers["webhook-signature"].startswith("v1,")
+    assert Webhook(SECRET).verify(hook.raw, hook.headers) == hook.body
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET).verify(hook.raw.replace(b'"warning"', b'"info"'), hook.headers)
+    # Deprecated, sent for one more release.
+    assert {"x-veilleuse-signature", "x-veilleuse-timestamp"} <= set(headers)
 
 
 async def test_an_acknowledged_alert_is_not_renotified_and_a_warning_is_notified_once(

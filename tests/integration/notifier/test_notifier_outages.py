@@ -18,9 +18,9 @@ from collections import Counter
 
 import pytest
 
+from devtools.stack import manager
 from pipeline.ports import free_port
 from pipeline.settings import Settings
-from pipeline.stack import manager
 from tests.integration.notifier.conftest import NotifierRun, wait_until
 
 INTEGRATION = "/integration"

@@ -29,10 +29,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from devtools.processes import PipelineProcess
+from devtools.stack.context import StackContext
+from devtools.stack.kafka import Kafka
 from pipeline.ports import free_port
 from pipeline.settings import Settings
-from pipeline.stack.context import StackContext
-from pipeline.stack.kafka import Kafka
 from pipeline.topics import LAMP_DLQ, LAMP_MESSAGES, ensure_topics, topic_name
 from tests.integration.agents.conftest import AlertTail
 from tests.integration.connectors.conftest import (  # the fixtures too
@@ -42,7 +43,7 @@ from tests.integration.connectors.conftest import (  # the fixtures too
     lamp_payload,
     provision,  # noqa: F401
 )
-from tests.integration.processes import PipelineProcess, stack_command
+from tests.integration.processes import stack_command
 
 pytestmark = pytest.mark.slow
 

@@ -35,7 +35,7 @@ def veilleuse(
     settings: Settings, *args: str, timeout_s: float = 60, **env: str
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
+        [sys.executable, "-m", "cli", *args],
         env={
             **os.environ,
             "VEILLEUSE_POSTGRES__DATABASE": settings.postgres.database,

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from connectors.mqtt_asyncio import AsyncioMqtt
-from pipeline import smoke
+from devtools import smoke
+from devtools.stack.mosquitto import Mosquitto
 from pipeline.lamps import Credential
 from pipeline.mqtt_session import MqttSession
 from pipeline.settings import Settings
-from pipeline.stack.mosquitto import Mosquitto
 
 NOT_AUTHORIZED = 135  # MQTT 5 reason code
 
@@ -127,7 +127,7 @@ def test_two_members_of_a_share_group_split_the_messages(
 def _restart_broker() -> None:
     for command in ("down", "up"):
         done = subprocess.run(
-            [sys.executable, "-m", "pipeline", "stack", command, "mosquitto"],
+            [sys.executable, "-m", "cli", "stack", command, "mosquitto"],
             capture_output=True,
             text=True,
             timeout=120,

@@ -12,11 +12,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from devtools.processes import PipelineProcess
 from pipeline.ports import free_port
 from pipeline.settings import Settings
 from pipeline.topics import ALERT_ACKS, ALERTS, ensure_topics, topic_name
 from tests.integration.databases import scratch_database
-from tests.integration.processes import PipelineProcess
 from tests.sentry_server import sentry_stand_in
 
 
@@ -72,7 +72,7 @@ async def test_a_caught_and_logged_error_reaches_sentry_and_lag_is_served(
     event = logged[0]
     # The first failure of the outage is the error; its repeats are rate-limited warnings.
     assert event["logentry"]["message"].startswith("timer poll failed, redis unavailable")
-    assert event["logger"] == "connectors.notifier.service"
+    assert event["logger"] == "notifier.service"
     assert event["tags"]["component"] == "notifier"
     assert event["environment"] == settings.environment
     exception = event["exception"]["values"][-1]

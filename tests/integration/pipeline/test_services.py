@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 from pydantic import SecretStr
 
-from pipeline import smoke
+from devtools import smoke
 from pipeline.settings import Settings
 from pipeline.topics import TOPICS, ensure_topics
 

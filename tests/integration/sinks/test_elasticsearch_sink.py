@@ -20,15 +20,15 @@ import pytest
 
 from connectors.sinks.elasticsearch import ElasticsearchSink
 from connectors.sinks.runner import Batch, SinkRunner, WriteResult
+from devtools.processes import PipelineProcess as Process
+from devtools.stack import manager
 from pipeline.ports import free_port
 from pipeline.settings import Settings
-from pipeline.stack import manager
 from pipeline.topics import LAMP_DLQ, LAMP_MESSAGES, SINK_DLQ, topic_name
 from tests.integration.agents.conftest import read_records
 from tests.integration.api.conftest import start_api
 from tests.integration.databases import scratch_database
 from tests.integration.health import LOG_LIMIT, Outage, api_status, metric, probe
-from tests.integration.processes import PipelineProcess as Process
 from tests.integration.sinks.conftest import EsRun, Message, fleet_messages
 
 pytestmark = pytest.mark.slow

@@ -22,16 +22,18 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 
 from connectors.sinks.postgres import PostgresSink
 from connectors.sinks.runner import Batch, StoreUnavailableError
+from devtools.processes import PipelineProcess
+from devtools.stack import manager
 from pipeline import clients
 from pipeline.ports import free_port
 from pipeline.records import KafkaRecord
 from pipeline.settings import Settings
-from pipeline.stack import manager
 from pipeline.topics import (
     ACTIVITY_HOURLY,
     ALERTS,
@@ -39,11 +41,10 @@ from pipeline.topics import (
     ensure_topics,
     topic_name,
 )
-from schemas import MARKER, encode, schema
+from schemas import MARKER, encode, registry, schema
 from tests.integration import databases
 from tests.integration.api.conftest import start_api
 from tests.integration.health import LOG_LIMIT, Outage, api_status, probe
-from tests.integration.processes import PipelineProcess
 
 HOUR_MS = 3_600_000
 # 2025-11-27 21:00 UTC: six hours cross midnight, so every lamp has two UTC days.
@@ -681,6 +682,47 @@ async def test_refused_records_go_to_the_dlq_and_the_rest_of_the_batch_is_writte
     assert got["offsets"] == sink_run.end_offsets
     assert "L-POISON" not in got["lamps"]
     assert_tables_match(got, expected_tables(sink_run.sent))
+
+
+async def test_alerts_of_every_released_version_reach_the_tables_and_the_api(
+    sink_run: SinkRun,
+) -> None:
+    """Records written with each released version of alert.v1 (the first one predates the
+    enum default) are read with the sink's current reader and written alike; an alert of a kind
+    the reader does not know ('unknown', the enum's default) is stored and served by the API."""
+    versions = registry().released["alert.v1"]
+    assert len(versions) >= 2
+    alerts = [s for s in scenario(seed=5) if s.kind == "alert"][:60]
+    lamp = alerts[0].lamp_id
+    newer = Sent(
+        "alert",
+        lamp,
+        {**alerts[0].record, "alert_id": "newer-kind", "kind": "unknown", "details": {}},
+    )
+    topic = sink_run.topic("alert")
+    for i, s in enumerate(alerts):
+        writer = versions[i % len(versions)]
+        await sink_run.send_raw(topic, encode(writer, s.record), s.lamp_id.encode())
+    await sink_run.send_raw(topic, encode(schema("alert.v1"), newer.record), lamp.encode())
+    sink_run.sent.extend([*alerts, newer])
+    sink = sink_run.sink()
+    await sink.wait_for_log(READY)
+    await sink_run.wait_until_written()
+    assert await sink_run.dead_letters(timeout_s=2) == []
+    sink_run.check()
+
+    api = await start_api(sink_run.settings, sink_run.tmp_path / "api.log")
+    try:
+        status, text = api_status(api.url, api.tokens["support"], "/alerts?kind=unknown")
+        assert status == 200, text
+        items = orjson.loads(text)["items"]
+        assert [(a["alert_id"], a["kind"]) for a in items] == [("newer-kind", "unknown")]
+        status, text = api_status(api.url, api.tokens["support"], f"/alerts?lamp={lamp}")
+        assert status == 200, text
+        want = {s.record["alert_id"] for s in [*alerts, newer] if s.lamp_id == lamp}
+        assert {a["alert_id"] for a in orjson.loads(text)["items"]} == want
+    finally:
+        api.process.stop()
 
 
 # -- in-process: redelivery, and an unreachable database --------------------------------------

@@ -15,7 +15,7 @@ from tests.integration.sinks.conftest import EsRun
 async def setup_search(run: EsRun) -> subprocess.CompletedProcess[str]:
     def call() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "pipeline", "setup-search"],
+            [sys.executable, "-m", "cli", "setup-search"],
             env={**os.environ, **run.env()},
             capture_output=True,
             text=True,

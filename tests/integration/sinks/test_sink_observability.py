@@ -5,7 +5,6 @@ the sink turns not ready (the reason names the store) once it stalls with record
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import uuid
 from typing import Any
@@ -13,14 +12,9 @@ from typing import Any
 from connectors.sinks.postgres import PostgresSink
 from connectors.sinks.runner import SinkRunner
 from pipeline import clients
+from pipeline.ports import free_port
 from pipeline.settings import Settings
 from pipeline.topics import ACTIVITY_HOURLY, ALERTS, ensure_topics, topic_name
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_the_lag_grows_while_the_store_is_down_and_errors_name_their_reason(
@@ -34,7 +28,7 @@ async def test_the_lag_grows_while_the_store_is_down_and_errors_name_their_reaso
                 update={"topic_prefix": prefix, "topic_partitions": 1}
             ),
             # Nothing listens there: every write fails to connect.
-            "postgres": settings.postgres.model_copy(update={"port": closed_port()}),
+            "postgres": settings.postgres.model_copy(update={"port": free_port()}),
             "sink": settings.sink.model_copy(
                 update={"linger_ms": 50, "retry_initial_s": 0.2, "retry_max_s": 0.5}
             ),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.unit.agents.lamp_trace import T0_MS, Trace
+from agents.testing import T0_MS, Trace
 
 MIN = 60
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import orjson
 
 from agents.detect_incidents import DetectIncidents
+from agents.testing import T0_MS
 from pipeline.records import KafkaRecord
 from pipeline.settings import load_settings
 from schemas import decode, encode, millis, schema
-from tests.unit.agents.lamp_trace import T0_MS
 
 SETTINGS = load_settings(kafka={"topic_prefix": "x."})
 

@@ -10,8 +10,8 @@ import pytest
 from agents.detection import PartitionEngine
 from agents.rules import build_rules
 from agents.rules.base import Incident
+from agents.testing import Trace, at
 from pipeline.settings import DetectionSettings
-from tests.unit.agents.lamp_trace import Trace, at
 
 LAMP = "L-000123"
 

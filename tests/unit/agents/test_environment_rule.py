@@ -9,8 +9,8 @@ from __future__ import annotations
 from agents.events import LampEvent
 from agents.rules.base import Incident
 from agents.rules.environment import EnvironmentRule, EnvironmentState
+from agents.testing import Trace, at
 from pipeline.settings import DetectionSettings
-from tests.unit.agents.lamp_trace import Trace, at
 
 ENV = "environment"
 RAISED = (ENV, "raised")

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
+from agents.testing import T0_MS, Trace, at
 from pipeline.settings import DetectionSettings
-from tests.unit.agents.lamp_trace import T0_MS, Trace, at
 
 FALL_KINDS = ("fall", "fall_recovered")
 RAISED = ("fall", "raised")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from agents.testing import Trace, at
 from pipeline.settings import DetectionSettings
-from tests.unit.agents.lamp_trace import Trace, at
 
 HELP = "help_requested"
 RAISED = (HELP, "raised")
@@ -54,8 +54,8 @@ def test_cancel_after_31_s_does_not_resolve() -> None:
 
 
 def test_cancel_window_is_configurable() -> None:
-    """help_cancel_s moves the window."""
-    t = Trace(config=DetectionSettings(help_cancel_s=60))
+    """rules.help_button.cancel_s moves the window."""
+    t = Trace(rule_settings={"help_button": {"cancel_s": 60}})
     t.feed(t.button(5), t.button(50, "cancel"))
     assert t.steps(HELP) == [RAISED, RESOLVED]
 

@@ -10,9 +10,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agents.rules.inactivity import inactivity_due, site_zone
+from agents.rules.inactivity import InactivitySettings, inactivity_due, site_zone
+from agents.testing import T0_MS, Trace, at
 from pipeline.settings import DetectionSettings
-from tests.unit.agents.lamp_trace import T0_MS, Trace, at
 
 INACTIVITY = "inactivity"
 RAISED = (INACTIVITY, "raised")
@@ -146,18 +146,27 @@ def test_site_zone_falls_back_to_the_default() -> None:
 
 
 def test_day_bounds_are_configurable() -> None:
-    """inactivity_day_start/end and inactivity_s move the due time."""
-    config = DetectionSettings(
-        inactivity_day_start="07:00", inactivity_day_end="22:00", inactivity_s=HOUR
-    )
+    """rules.inactivity.day_start/day_end and after_s move the due time."""
+    config = InactivitySettings(day_start="07:00", day_end="22:00", after_s=HOUR)
     last = int(datetime(2025, 11, 27, 21, 30, tzinfo=PARIS).timestamp() * 1000)
     due = inactivity_due(last, PARIS, config)
     assert local(due) == "2025-11-28 08:00:00"
 
 
+def test_day_bounds_are_configurable_through_the_rule_settings() -> None:
+    """VEILLEUSE_RULES__INACTIVITY__AFTER_S=3600 (a trace's rule settings): motion at
+    09:00 Paris, nothing after, is due at 10:00, not 12:00."""
+    t = Trace(rule_settings={"inactivity": {"after_s": HOUR}})
+    t.feed(t.motion(0))
+    t.run_until(HOUR - 1)
+    assert t.steps("inactivity") == []
+    t.run_until(HOUR)
+    assert t.steps("inactivity") == [("inactivity", "raised")]
+
+
 def test_inactivity_due_across_a_daylight_saving_change() -> None:
     """The local day bounds hold across the change to summer time (2026-03-29 in Paris)."""
-    config = DetectionSettings()
+    config = InactivitySettings()
     last = int(datetime(2026, 3, 28, 19, 0, tzinfo=PARIS).timestamp() * 1000)
     assert local(inactivity_due(last, PARIS, config)) == "2026-03-29 11:00:00"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from agents.testing import Trace, at
 from pipeline.settings import DetectionSettings
-from tests.unit.agents.lamp_trace import Trace, at
 
 OFFLINE = "lamp_offline"
 RAISED = (OFFLINE, "raised")

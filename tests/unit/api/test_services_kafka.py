@@ -4,19 +4,13 @@ producer keeps trying in the background."""
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
 
 from api.services import Services, ServiceUnavailableError
+from pipeline.ports import free_port
 from pipeline.settings import load_settings
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def services() -> Services:
@@ -24,7 +18,7 @@ def services() -> Services:
     settings = settings.model_copy(
         update={
             "kafka": settings.kafka.model_copy(
-                update={"bootstrap_servers": f"127.0.0.1:{closed_port()}"}
+                update={"bootstrap_servers": f"127.0.0.1:{free_port()}"}
             ),
             "api": settings.api.model_copy(update={"request_timeout_s": 1.0}),
         }

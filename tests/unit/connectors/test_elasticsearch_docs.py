@@ -408,7 +408,7 @@ def test_progress_line_shows_count_rate_and_eta() -> None:
 def test_the_cli_has_the_sink_and_reindex_commands() -> None:
     import click
 
-    from pipeline.cli import cli
+    from cli.main import cli
 
     sink = cli.commands["sink"]
     assert isinstance(sink, click.Group)

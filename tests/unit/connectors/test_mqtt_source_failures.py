@@ -6,19 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 
 import pytest
 
 from connectors.mqtt_source import ConnectorError, MqttSource
 from pipeline.observability import JsonFormatter
+from pipeline.ports import free_port
 from pipeline.settings import load_settings
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class _Lines(logging.Handler):
@@ -35,7 +29,7 @@ async def test_a_crashed_writer_is_logged_as_an_error_and_stops_the_connector(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = load_settings(
-        mqtt={"brokers": [{"name": "nowhere", "host": "127.0.0.1", "port": closed_port()}]},
+        mqtt={"brokers": [{"name": "nowhere", "host": "127.0.0.1", "port": free_port()}]},
         connector={"drain_timeout_s": 0.1},
     )
     source = MqttSource(settings)

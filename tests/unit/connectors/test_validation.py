@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 
 from connectors.validation import MAX_PAYLOAD_BYTES, Accepted, Reason, Rejected, validate
+from tests.lamp_corpus import JUNK, Junk
 
 TOPIC = "lamps/fr-lyon-12/L-000123/events"
 
@@ -58,38 +59,17 @@ def test_valid_messages_of_every_type(body: dict[str, Any]) -> None:
     assert isinstance(validate(TOPIC, encode(full)), Accepted)
 
 
-@pytest.mark.parametrize(
-    ("topic", "payload", "reason"),
-    [
-        ("lamps/fr-lyon-12/L-000123/commands", encode(message()), Reason.TOPIC),
-        ("lamps/FR/L-000123/events", encode(message()), Reason.TOPIC),
-        (TOPIC, b"{" + b" " * MAX_PAYLOAD_BYTES + b"}", Reason.OVERSIZED),
-        (TOPIC, b"\xff\xfe{}", Reason.NOT_UTF8),
-        (TOPIC, b"not json at all", Reason.NOT_JSON),
-        (TOPIC, encode(message())[:-5], Reason.NOT_JSON),  # truncated
-        (TOPIC, b"[1, 2]", Reason.NOT_OBJECT),
-        (TOPIC, encode({k: v for k, v in message().items() if k != "seq"}), Reason.MISSING_FIELD),
-        (TOPIC, encode(message(seq="12")), Reason.WRONG_TYPE),
-        (TOPIC, encode(message(seq=True)), Reason.WRONG_TYPE),  # a boolean is not a number
-        (TOPIC, encode(message(ts=1.5)), Reason.WRONG_TYPE),
-        (TOPIC, encode(message(v=2)), Reason.BAD_VALUE),
-        (TOPIC, encode(message(seq=2**32)), Reason.BAD_VALUE),
-        (TOPIC, encode(message(seq=-1)), Reason.BAD_VALUE),
-        (TOPIC, encode(message(lamp_id="L-999999")), Reason.LAMP_MISMATCH),
-        (TOPIC, encode(message(type="teleport")), Reason.UNKNOWN_TYPE),
-        (TOPIC, encode(message(confidence=1.01)), Reason.BAD_VALUE),
-        (TOPIC, encode(message(zone="garden")), Reason.BAD_VALUE),
-        (TOPIC, encode({k: v for k, v in message().items() if k != "zone"}), Reason.MISSING_FIELD),
-        (TOPIC, encode(message(type="status", online="yes")), Reason.WRONG_TYPE),
-    ],
-)
-def test_junk_is_rejected_with_its_reason(topic: str, payload: bytes, reason: Reason) -> None:
-    verdict = validate(topic, payload)
+@pytest.mark.parametrize("junk", JUNK, ids=str)
+def test_junk_is_rejected_with_its_reason(junk: Junk) -> None:
+    """Every junk payload of the tests' corpus (tests/lamp_corpus.py), with its reason code."""
+    verdict = validate(junk.topic, junk.payload)
     assert isinstance(verdict, Rejected)
-    assert verdict.reason is reason, verdict.detail
+    assert verdict.reason is junk.reason, verdict.detail
     assert verdict.detail
-    if reason is not Reason.TOPIC:
-        assert verdict.lamp_id == "L-000123"  # so the DLQ record is keyed by the topic's lamp
+    if junk.reason is Reason.BAD_TOPIC:
+        assert verdict.lamp_id is None
+    else:  # so the DLQ record is keyed by the topic's lamp
+        assert verdict.lamp_id == junk.topic.split("/")[2]
 
 
 def test_exactly_4_kib_is_allowed() -> None:

@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from agents.registry import check_agent_sections, installed_agents, settings_sections
+from agents.rules import build_rules
 from pipeline.settings import Settings, load_settings, settings_table
 from tests.unit.k8s.manifests import OVERLAYS, WORKLOAD_KINDS, Doc, of_kind, pod_spec, rendered
 
@@ -55,7 +57,7 @@ def is_secret(name: str) -> bool:
 
 
 def setting_names() -> set[str]:
-    rows = settings_table().splitlines()[2:]
+    rows = settings_table(settings_sections()).splitlines()[2:]
     return {row.split("|")[1].strip().strip("`") for row in rows}
 
 
@@ -131,6 +133,9 @@ def test_every_component_gets_every_setting(overlay: str, monkeypatch: pytest.Mo
         assert isinstance(settings, Settings)
         assert settings.environment == overlay, where
         assert settings.kafka.topic_replication_factor == 3, where
+        # The rules' and agents' sections, as their registries validate them at start.
+        build_rules(settings.detection, settings.rules)
+        check_agent_sections(settings, installed_agents().values())
 
 
 def test_a_missing_or_misnamed_setting_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.metrics import component_registries
+from tests.unit.pipeline.components import component_registries
 
 DASHBOARD = Path(__file__).parents[3] / "k8s" / "observability" / "grafana-dashboard.json"
 # Labels Prometheus adds when it scrapes (and histogram buckets' ``le``).

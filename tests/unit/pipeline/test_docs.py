@@ -6,7 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.settings import Settings, settings_table
+from agents.registry import full_settings_table
+from pipeline.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -16,9 +17,9 @@ def test_readme_settings_table_is_generated_from_the_model() -> None:
     start = readme.index("<!-- settings-table:start")
     start = readme.index("\n", start) + 1
     end = readme.index("<!-- settings-table:end -->")
-    assert readme[start:end].strip() == settings_table(), (
-        "README settings table is stale: regenerate it with "
-        "python -c 'from pipeline.settings import settings_table; print(settings_table())'"
+    assert readme[start:end].strip() == full_settings_table(), (
+        "README settings table is stale (global, rules' and agents' settings): regenerate it "
+        "with python -c 'from agents.registry import full_settings_table as t; print(t())'"
     )
 
 
@@ -48,19 +49,3 @@ def test_docker_compose_uses_the_settings_ports_and_versions() -> None:
     assert env["POSTGRES_USER"] == defaults.postgres.user
     assert env["POSTGRES_DB"] == defaults.postgres.database
     assert env["POSTGRES_PASSWORD"] == defaults.postgres.password.get_secret_value()
-
-
-def _python_blocks(text: str) -> list[str]:
-    return [
-        block.split("\n", 1)[1] for block in text.split("```")[1::2] if block.startswith("python")
-    ]
-
-
-def test_readme_rule_example_is_the_real_rule_and_its_real_test() -> None:
-    """The README's "Adding a rule" shows rule 3's module whole and one of its tests verbatim."""
-    blocks = _python_blocks((ROOT / "README.md").read_text())
-    assert (ROOT / "agents/rules/help_button.py").read_text() in blocks
-    tests = (ROOT / "tests/unit/agents/test_help_button_rule.py").read_text()
-    assert any(block.startswith("@pytest.mark") and block in tests for block in blocks)
-    registry = (ROOT / "agents/rules/__init__.py").read_text()
-    assert "    HelpButtonRule,\n" in registry

@@ -6,14 +6,14 @@ import asyncio
 
 from prometheus_client import CollectorRegistry
 
+from agents.runtime.streaming import BatchResult, Produce
 from pipeline.metrics import (
     ConsumerLag,
     Offsets,
     WorkerMetrics,
-    component_registries,
     metric_names,
 )
-from pipeline.streaming import BatchResult, Produce
+from tests.unit.pipeline.components import component_registries
 
 # Prometheus family names (counters without ``_total``), by component. The Grafana dashboard
 # (k8s/observability/grafana-dashboard.json) and docs/observability.md use these.

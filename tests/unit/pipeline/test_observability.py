@@ -64,7 +64,8 @@ def test_a_dead_lettered_record_is_logged_with_its_lamp_topic_partition_and_offs
     logger = logging.getLogger("agents.detect_incidents")
     logger.addHandler(lines)
     try:
-        junk = KafkaRecord("x.lamp.messages.v1", 3, 41, 0, b"L-000123", b"{oops")
+        topic = (("mqtt.topic", b"lamps/site-1/L-000123/events"),)
+        junk = KafkaRecord("x.lamp.messages.v1", 3, 41, 0, b"L-000123", b"{oops", topic)
         agent.process(3, [junk])
     finally:
         logger.removeHandler(lines)

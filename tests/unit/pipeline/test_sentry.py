@@ -56,7 +56,7 @@ def run_notifier(tmp_path: Path, dsn: str | None) -> subprocess.CompletedProcess
     if dsn is not None:
         env["VEILLEUSE_SENTRY__DSN"] = dsn
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", "notifier"],
+        [sys.executable, "-m", "cli", "notifier"],
         cwd=tmp_path,  # no .env of the repository
         env=env,
         capture_output=True,
@@ -85,7 +85,7 @@ def test_a_failing_component_reports_its_exception_with_component_and_environmen
     assert exception["module"].startswith("psycopg")
     assert "Connection refused" in exception["value"] or "connection" in exception["value"]
     frames = exception["stacktrace"]["frames"]
-    assert any(f.get("module") == "connectors.notifier.service" for f in frames)
+    assert any(f.get("module") == "notifier.service" for f in frames)
     assert event["level"] == "error" and "user" not in event  # send_default_pii=False
     everything = b"".join(envelope.body for envelope in sentry.envelopes).decode()
     for name, secret in SECRETS.items():

@@ -1,0 +1,532 @@
+"""The batch path on faust-streaming: whole fetches processed at once, committed atomically.
+
+faust's per-event stream path (an event-loop pass, a future and an ack per message; a table
+write producing one changelog record per event) tops out near 10,000 events/s on one core.
+This module keeps what faust is good at and replaces the inner loop:
+
+kept from faust
+    the consumer group and its partition assignor (co-partitioning of the input topics and
+    table changelogs, standby replicas), table recovery from the changelog before a partition
+    is processed, pausing and flow control during rebalances, the worker lifecycle.
+replaced
+    faust's per-record fetch loop and conductor for the topics of a :class:`BatchAgent`: each
+    fetch is buffered per partition and handed to the agent in batches; hot state
+    lives in the agent's memory; changed keys are written to the table's changelog once per
+    batch, in the same Kafka transaction as the batch's outputs and its consumer offsets.
+
+So a batch is all or nothing: after a crash the next owner of a partition restores the
+changelog (read with ``read_committed``) and resumes from the committed offsets, with state
+and offsets that match, and consumers reading ``read_committed`` never see an output twice.
+The cost: outputs become visible when their batch commits (every ``linger_ms`` or tick),
+and faust's per-event features (``app.agent`` streams, table ``__setitem__``) are not used
+for these topics.
+
+Every private name of faust and aiokafka this needs lives in :mod:`agents.runtime.faust_internals`
+(with why, and a contract test each); ``docs/runtime.md`` has the measurements behind the batch
+path. Nothing here touches one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import faust
+from faust.types import TP
+from mode import Service
+
+from agents.runtime.faust_internals import BatchRoutingApp, mirror_committed, stored_values
+from pipeline.clients import client_options
+from pipeline.errors import VeilleuseError
+from pipeline.health import Health
+from pipeline.records import KafkaRecord
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# A batch whose transaction failed on a Kafka error is sent again, by a fresh producer, this
+# many times in all, waiting 0.5, 1, 2, 4 s between: a partition leader elected meanwhile lets
+# it through; after that the worker stops and its partitions move to another worker.
+COMMIT_RETRY_FIRST_S = 0.5
+# The broker aborts (and fences) a transaction left open this long; a worker that died
+# mid-transaction holds read_committed readers of its partitions back for at most as long.
+TRANSACTION_TIMEOUT_MS = 60_000
+COMMIT_RETRY_MAX_S = 4.0
+
+
+class StreamingError(VeilleuseError):
+    """The batch path could not commit; the worker stops and its partitions move on."""
+
+
+@dataclass
+class Produce:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    # Logged once the batch committed, with the record's topic, partition and offset added to
+    # the context: (message, extra). An alert is only news once it is visible.
+    log: tuple[str, dict[str, Any]] | None = None
+
+
+@dataclass
+class BatchResult:
+    """What one batch leaves to commit, besides its offsets."""
+
+    produce: list[Produce] = field(default_factory=list)
+    # changelog partition -> key -> value (None deletes)
+    changelog: dict[int, dict[bytes, bytes | None]] = field(default_factory=dict)
+    # wall time (ms) of the deadlines whose firing produced outputs in this batch
+    deadlines_ms: list[int] = field(default_factory=list)
+    # (kind, severity, state) of each alert in ``produce``, for the metrics
+    alerts: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+class BatchAgent(Protocol):
+    """An agent on the batch path. All calls happen on the event loop, one at a time."""
+
+    name: str
+    topics: tuple[str, ...]  # co-partitioned inputs; the first drives the partition clock
+
+    def assign(self, partitions: Sequence[int], stored: Iterable[bytes]) -> None:
+        """``partitions`` are ours, their table state recovered (``stored``: every value)."""
+
+    def revoke(self, partition: int) -> None:
+        """``partition`` moved away: forget its hot state."""
+
+    def process(self, partition: int, records: list[KafkaRecord]) -> None:
+        """Handle records of one partition, in offset order per topic."""
+
+    def advance(self, partition: int, wall_ms: int) -> None:
+        """The partition's clock reached ``wall_ms``: fire what is due."""
+
+    def take_result(self) -> BatchResult:
+        """Everything produced since the last call."""
+
+
+class StreamingApp(BatchRoutingApp):
+    """A faust app whose consumer reads committed data and routes batch topics to their
+    :class:`BatchProcessor` (the faust side of it: :mod:`agents.runtime.faust_internals`)."""
+
+
+def faust_broker_options(settings: Settings) -> dict[str, Any]:
+    """faust's broker settings from ours (same security as every other client)."""
+    options = client_options(settings)
+    url = ";".join(f"kafka://{server}" for server in options["bootstrap_servers"])
+    conf: dict[str, Any] = {"broker": url}
+    protocol = options["security_protocol"]
+    if protocol == "SSL":
+        conf["broker_credentials"] = faust.SSLCredentials(options["ssl_context"])
+    elif protocol.startswith("SASL"):
+        conf["broker_credentials"] = faust.SASLCredentials(
+            username=options["sasl_plain_username"],
+            password=options["sasl_plain_password"],
+            mechanism=options["sasl_mechanism"],
+            ssl_context=options.get("ssl_context"),
+        )
+    return conf
+
+
+class BatchProcessor(Service):
+    """Runs one :class:`BatchAgent` inside a faust worker."""
+
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        agent: BatchAgent,
+        table: Any,
+        *,
+        instance_id: str | None = None,
+        metrics: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.app = app
+        self.settings = settings
+        self.agent = agent
+        self.table = table
+        self.metrics = metrics
+        detection = settings.detection
+        self.linger_s = detection.linger_ms / 1000
+        self.tick_s = detection.tick_interval_s
+        self.max_batch = detection.max_batch_records
+        self.instance_id = instance_id or detection.instance_id or socket.gethostname()
+        self.transactional_id = f"{app.conf.id}-{agent.name}-{self.instance_id}"
+        self.buffers: dict[TP, list[Any]] = defaultdict(list)
+        self.buffered = 0
+        self.wakeup = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+        self.lock = asyncio.Lock()
+        self.ready: set[int] = set()
+        self.next_offset: dict[TP, int] = {}
+        self.ingest_clock: dict[int, int] = {}
+        self.producer: Any = None
+        self.batches = 0
+        self.health = Health(
+            "worker",
+            stall_after_s=settings.health.stall_after_s,
+            stuck_after_s=settings.health.stuck_after_s,
+            registry=metrics.registry if metrics is not None else None,
+        )
+        self.health.backlog = lambda: (
+            self.buffered + (metrics.lag.total() if metrics is not None else 0)
+        )
+        if not isinstance(app, StreamingApp):
+            raise StreamingError("the app must be a StreamingApp")
+        for topic in agent.topics:
+            app.batch_handlers[topic] = self.on_records
+            # Subscribed through faust's conductor, like an agent's topic.
+            app.topics.add(
+                app.topic(topic, acks=False, key_serializer="raw", value_serializer="raw")
+            )
+        app.on_partitions_revoked.connect(self._on_revoked)
+        table.on_recover(self._on_recovered)
+
+    # -- faust callbacks ----------------------------------------------------------------------
+
+    async def on_records(self, tp: TP, records: list[Any]) -> None:
+        """A fetch of one partition of our topics (aiokafka records): buffer it."""
+        if self.metrics is not None and records:
+            self.metrics.lag.taken(tp.topic, tp.partition, records[0].offset)
+        self.buffers[tp].extend(records)
+        self.buffered += len(records)
+        self.wakeup.set()
+        if self.buffered >= self.max_batch:
+            self.room.clear()
+            await self.room.wait()
+
+    async def _on_revoked(self, app: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        revoked: set[TP] = args[0] if args else kwargs["revoked"]
+        # faust has paused fetching; wait for the batch in progress to commit, then forget.
+        async with self.lock:
+            for tp in revoked:
+                if tp.topic not in self.agent.topics:
+                    continue
+                dropped = self.buffers.pop(tp, [])
+                self.buffered -= len(dropped)
+                if self.metrics is not None:
+                    self.metrics.lag.forget([(tp.topic, tp.partition)])
+                self.next_offset.pop(tp, None)
+                if tp.partition in self.ready:
+                    self.ready.discard(tp.partition)
+                    self.ingest_clock.pop(tp.partition, None)
+                    self.agent.revoke(tp.partition)
+            if self.buffered < self.max_batch:
+                self.room.set()
+        log.info(
+            "revoked %s", sorted(tp.partition for tp in revoked if tp.topic in self.agent.topics)
+        )
+
+    async def _on_recovered(self) -> None:
+        async with self.lock:
+            main = self.agent.topics[0]
+            assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == main}
+            for partition in sorted(self.ready - assigned):
+                self.ready.discard(partition)
+                self.agent.revoke(partition)
+            new = sorted(assigned - self.ready)
+            if not new:
+                return
+            self.agent.assign(new, stored_values(self.table))
+            self.ready.update(new)
+        log.info("partitions ready: %s", new, extra={"component": self.agent.name})
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        await self._start_producer()
+        self.health.start()
+
+    async def _start_producer(self) -> None:
+        """(Re)start the transactional producer: starting registers the transactional id,
+        which aborts whatever its previous producer left open and fences that producer."""
+        from aiokafka import AIOKafkaProducer
+
+        self.producer = AIOKafkaProducer(
+            acks="all",
+            enable_idempotence=True,
+            transactional_id=self.transactional_id,
+            transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+            max_batch_size=1 << 20,
+            linger_ms=0,
+            **client_options(self.settings),
+        )
+        await self.producer.start()
+        log.info("transactional producer %s started", self.transactional_id)
+
+    async def _drop_producer(self) -> None:
+        """After a failed delivery the producer's sequence numbers no longer match the broker's
+        (the next send would fail with OutOfOrderSequenceNumber): the next attempt starts a
+        fresh one (see pipeline/kafka_producer.py for the same rule outside transactions)."""
+        old, self.producer = self.producer, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.stop(), 10)
+
+    async def on_stop(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+
+    @Service.task
+    async def _run(self) -> None:
+        while not self.should_stop:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wakeup.wait(), timeout=self.tick_s)
+            if self.buffered and self.buffered < self.max_batch and self.linger_s:
+                await asyncio.sleep(self.linger_s)
+            async with self.lock:
+                try:
+                    await self._cycle()
+                except Exception as exc:
+                    log.exception(
+                        "batch failed; stopping the worker so that its partitions move on",
+                        extra={"component": self.agent.name},
+                    )
+                    await self.crash(exc)
+                    return
+
+    @Service.task
+    async def _beat(self) -> None:
+        await self.health.beat_forever()
+
+    @Service.task
+    async def _watch_lag(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.lag.watch(self._offsets)
+
+    async def _offsets(self) -> tuple[dict[tuple[str, int], int | None], dict[Any, int | None]]:
+        """End offsets (read_committed: the last stable ones) and positions of our partitions."""
+        consumer = self.app.consumer
+        assigned = [tp for tp in consumer.assignment() if tp.topic in self.agent.topics]
+        if not assigned:
+            return {}, {}
+        ends = await consumer.highwaters(*assigned)
+        positions: dict[Any, int | None] = {}
+        for tp in assigned:
+            positions[tp.topic, tp.partition] = await consumer.position(tp)
+        return {(tp.topic, tp.partition): o for tp, o in ends.items()}, positions
+
+    # -- one batch -------------------------------------------------------------------------
+
+    async def _cycle(self) -> None:
+        self.wakeup.clear()
+        buffers, self.buffers = self.buffers, defaultdict(list)
+        taken = self.buffered
+        self.buffered = 0
+        self.room.set()
+        agent = self.agent
+        offsets: dict[TP, int] = {}
+        started = time.perf_counter()
+        for tp, messages in buffers.items():
+            partition = tp.partition
+            if partition not in self.ready:
+                # Not recovered yet (faust pauses such partitions, so this is a race at most):
+                # keep the records for the next batch rather than lose them.
+                self.buffers[tp].extend(messages)
+                self.buffered += len(messages)
+                continue
+            records = [KafkaRecord.of(m) for m in messages]
+            agent.process(partition, records)
+            offsets[tp] = records[-1].offset + 1
+            if tp.topic == agent.topics[0]:
+                latest = max(r.timestamp_ms for r in records)
+                self.ingest_clock[partition] = max(self.ingest_clock.get(partition, 0), latest)
+        self.next_offset.update(offsets)
+        now_ms = int(time.time() * 1000)
+        for partition in sorted(self.ready):
+            wall = await self._partition_clock(partition, now_ms)
+            if wall is not None:
+                agent.advance(partition, wall)
+        result = agent.take_result()
+        if offsets or result.produce or any(result.changelog.values()):
+            await self._commit_retrying(result, offsets)
+        if self.metrics is not None:
+            for tp in offsets:
+                waiting = self.buffers.get(tp)
+                self.metrics.lag.finished(
+                    tp.topic, tp.partition, waiting[0].offset if waiting else None
+                )
+        elapsed = time.perf_counter() - started
+        self.batches += 1
+        if self.metrics is not None:
+            self.metrics.observe_batch(taken, elapsed, result)
+        if offsets:
+            self.health.progress()
+
+    async def _partition_clock(self, partition: int, now_ms: int) -> int | None:
+        """Wall time up to which the partition's input is known: now, once caught up.
+
+        While a backlog is processed, a lamp's silence is only as long as the records say:
+        firing deadlines on the wall clock then would raise falls that the backlog disproves.
+        """
+        tp = TP(self.agent.topics[0], partition)
+        consumer = self.app.consumer
+        try:
+            highwater = consumer.highwater(tp)
+        except (AssertionError, KeyError, AttributeError):
+            highwater = None
+        position = self.next_offset.get(tp)
+        if position is None:
+            try:
+                position = await consumer.position(tp)
+            except Exception:  # noqa: BLE001 - unassigned in a rebalance: no clock this time
+                position = None
+        caught_up = highwater is not None and position is not None and position >= highwater
+        if caught_up and not self.buffers.get(tp):
+            return now_ms
+        log.debug("partition %d behind: position %s, highwater %s", partition, position, highwater)
+        return self.ingest_clock.get(partition)
+
+    async def _commit_retrying(self, result: BatchResult, offsets: Mapping[TP, int]) -> None:
+        """Commit the batch; a Kafka error (a partition without a leader for a while, the
+        broker restarting) aborts the transaction and sends the same outputs again in a new
+        one, from a fresh producer, for as long as Kafka may take to come back
+        (``health.stuck_after_s``); past that the worker stops, for its supervisor to restart
+        it and its partitions to move on."""
+        from aiokafka.errors import KafkaError, ProducerFenced
+
+        delay = COMMIT_RETRY_FIRST_S
+        give_up = time.monotonic() + self.settings.health.stuck_after_s
+        attempt = 0
+        outage = fenced_again = False
+        while True:
+            attempt += 1
+            began = time.monotonic()
+            try:
+                if self.producer is None:
+                    await self._start_producer()
+                await self._commit(result, offsets)
+                if self.health.problems:
+                    self.health.ok("kafka")
+                return
+            except ProducerFenced as exc:
+                # Without an outage: another process took this worker's identity, this one is
+                # the zombie. After one (a failed attempt, or this transaction open past its
+                # timeout while aiokafka retried), the broker itself fenced the transaction it
+                # timed out: once, a fresh producer sends the batch again.
+                timed_out = time.monotonic() - began > 0.8 * TRANSACTION_TIMEOUT_MS / 1000
+                if not (outage or timed_out) or fenced_again:
+                    raise
+                fenced_again = True
+                log.warning(
+                    "transaction fenced after the Kafka outage (%s); sending the batch again",
+                    exc,
+                    extra={"component": self.agent.name},
+                )
+                await self._drop_producer()
+            except KafkaError as exc:
+                outage = True
+                if self.should_stop or time.monotonic() > give_up:
+                    raise
+                self.health.problem("kafka", f"{type(exc).__name__}: {exc}")
+                log.warning(
+                    "transaction aborted (%s: %s); sending the batch again in %.1f s (attempt %d)",
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                    attempt,
+                    extra={"component": self.agent.name, "throttle": True},
+                )
+                await asyncio.sleep(delay)
+                await self._drop_producer()
+                delay = min(delay * 2, COMMIT_RETRY_MAX_S)
+
+    async def _send_changelog(
+        self, topic: str, partition: int, items: Mapping[bytes, bytes | None]
+    ) -> list[asyncio.Future[Any]]:
+        # Whole batches rather than one send per record: the changelog is the bulk of what a
+        # batch writes, and per-record sends would cost more than the rules themselves.
+        producer = self.producer
+        sent = []
+        batch = producer.create_batch()
+        for key, value in items.items():
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                batch.close()
+                sent.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+        batch.close()
+        sent.append(await producer.send_batch(batch, topic, partition=partition))
+        return sent
+
+    async def _commit(self, result: BatchResult, offsets: Mapping[TP, int]) -> None:
+        """One transaction: the outputs, the changelog and the consumer offsets of a batch.
+
+        aiokafka's public transaction calls (``begin_transaction``, ``send_offsets_to_transaction``,
+        ``commit_transaction``, ``abort_transaction``), not its ``transaction()`` context: that
+        one aborts on any exception and waits for the abort without a bound, also in an outage
+        or after a failed commit. Here the abort happens only while the transaction is open
+        (begun, not yet committing) and not fenced, bounded to 10 s; in every other case the
+        next producer's start aborts what this one left open (see ``_commit_retrying``).
+        """
+        from aiokafka import TopicPartition
+        from aiokafka.errors import ProducerFenced
+
+        producer = self.producer
+        changelog_topic = self.table.changelog_topic.get_topic_name()
+        began = time.perf_counter()
+        await producer.begin_transaction()
+        open_transaction = True
+        logged: list[tuple[Produce, asyncio.Future[Any]]] = []
+        deliveries: list[asyncio.Future[Any]] = []
+        try:
+            for item in result.produce:
+                sent = await producer.send(
+                    item.topic, item.value, key=item.key, headers=item.headers
+                )
+                deliveries.append(sent)
+                if item.log is not None:
+                    logged.append((item, sent))
+            for partition, items in result.changelog.items():
+                deliveries += await self._send_changelog(changelog_topic, partition, items)
+            if offsets:
+                await producer.send_offsets_to_transaction(
+                    {TopicPartition(tp.topic, tp.partition): o for tp, o in offsets.items()},
+                    self.app.conf.id,
+                )
+            # aiokafka fails a batch whose partition has had no leader for request_timeout_ms
+            # (NotLeaderForPartitionError) without failing the transaction, whose commit then
+            # succeeds without that batch: an alert lost while its input's offset is committed.
+            # Every delivery must have succeeded before the commit.
+            await asyncio.gather(*deliveries)
+            # From here aiokafka's transaction is committing: an abort is no longer allowed.
+            open_transaction = False
+            await producer.commit_transaction()
+        except BaseException as exc:
+            # A fenced producer can no longer abort (the broker did, when it fenced it).
+            if open_transaction and not isinstance(exc, ProducerFenced):
+                try:
+                    await asyncio.wait_for(producer.abort_transaction(), 10)
+                except Exception:  # the next producer's start aborts it in any case
+                    log.exception("abort failed", extra={"throttle": True})
+            raise
+        # The table mirrors the committed state: standbys and the next recovery read the same.
+        mirror_committed(self.table, result.changelog.values())
+        if self.metrics is not None:
+            self.metrics.observe_commit(time.perf_counter() - began, result)
+        await _log_committed(logged)
+
+
+async def _log_committed(logged: Sequence[tuple[Produce, asyncio.Future[Any]]]) -> None:
+    """Log the records that asked for it, where Kafka put them."""
+    for item, sent in logged:
+        message, context = item.log or ("", {})
+        metadata = sent.result()  # delivered before the commit (see _commit)
+        log.info(
+            message,
+            extra={
+                **context,
+                "topic": metadata.topic,
+                "partition": metadata.partition,
+                "offset": metadata.offset,
+            },
+        )

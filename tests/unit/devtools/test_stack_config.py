@@ -1,0 +1,87 @@
+"""The local services' configuration follows the settings, and stays on loopback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devtools.stack import manager
+from devtools.stack.context import StackContext
+from devtools.stack.elasticsearch import Elasticsearch
+from devtools.stack.kafka import Kafka
+from devtools.stack.service import Service
+from pipeline.settings import load_settings
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> StackContext:
+    return StackContext(
+        load_settings(
+            stack={"home": tmp_path / ".stack", "kafka_controller_port": 29093},
+            kafka={"bootstrap_servers": "127.0.0.1:29092"},
+            elasticsearch={"url": "http://127.0.0.1:29200"},
+        )
+    )
+
+
+def test_kafka_properties_follow_the_settings(ctx: StackContext) -> None:
+    text = Kafka(ctx).server_properties()
+    assert (
+        "listeners=PLAINTEXT://127.0.0.1:29092,SASL_SSL://127.0.0.1:19094,"
+        "CONTROLLER://127.0.0.1:29093" in text
+    )
+    assert f'user_veilleuse="{Kafka(ctx).sasl_password()}"' in text
+    assert "auto.create.topics.enable=false" in text
+    assert f"log.dirs={ctx.home / 'kafka' / 'data'}" in text
+
+
+def test_elasticsearch_is_single_node_on_loopback(ctx: StackContext) -> None:
+    text = Elasticsearch(ctx).elasticsearch_yml()
+    assert "discovery.type: single-node" in text
+    assert "network.host: 127.0.0.1" in text
+    assert "http.port: 29200" in text
+    assert "xpack.security.enabled: false" in text
+
+
+def test_only_loopback_services_are_managed(tmp_path: Path) -> None:
+    settings = load_settings(
+        stack={"home": tmp_path}, kafka={"bootstrap_servers": "kafka.prod:9092"}
+    )
+    managed = {s.name: s.managed for s in manager.services(settings)}
+    assert managed["kafka"] is False
+    assert managed["redis"] is True
+
+
+def test_unknown_service_is_named(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="zookeeper: unknown service"):
+        manager.services(load_settings(stack={"home": tmp_path}), ("zookeeper",))
+
+
+def test_a_recycled_pid_is_not_ours(ctx: StackContext) -> None:
+    """A pid file that points at some other process must never make us stop that process."""
+    service: Service = manager.services(ctx.settings, ("redis",))[0]
+    service.ctx.run_dir.mkdir(parents=True)
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        service.pid_file.write_text(f'{{"pid": {stranger.pid}}}')
+        assert service.pid() is None
+        assert service.stop() is False
+        assert stranger.poll() is None  # still alive
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_multi_line_probe_error_stays_on_one_status_line(ctx: StackContext) -> None:
+    service: Service = manager.services(ctx.settings, ("redis",))[0]
+
+    def fail() -> None:
+        raise OSError("connection refused\n\tIs the server running?")
+
+    service.probe = fail  # type: ignore[method-assign]
+    ok, detail = service.healthy()
+    assert not ok
+    assert detail == "OSError: connection refused Is the server running?"
