@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +17,7 @@ from cli.main import cli
 from pipeline.settings import load_settings
 from schemas import RELEASED, SCHEMA_DIR, Registry, encode
 from schemas.compatibility import IncompatibleSchemaError, check, release
-
-ALERT: dict[str, Any] = {
-    "alert_id": "L-000123:fall:1764230400123",
-    "kind": "fall",
-    "severity": "critical",
-    "state": "raised",
-    "site_id": "fr-lyon-12",
-    "lamp_id": "L-000123",
-    "incident_started_at": datetime(2025, 11, 27, 8, 0, tzinfo=UTC),
-    "emitted_at": datetime(2025, 11, 27, 8, 0, 31, tzinfo=UTC),
-    "details": {"confidence": "0.82"},
-}
+from tests.unit.schemas.records import ALERT
 
 
 @pytest.fixture

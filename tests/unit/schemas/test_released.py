@@ -10,7 +10,6 @@ import copy
 import json
 import shutil
 import tomllib
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +18,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from schemas import RELEASED, SCHEMA_DIR, Registry, SchemaError, decode, encode, registry
 from schemas.compatibility import check, layout_errors
-
-ALERT: dict[str, Any] = {
-    "alert_id": "L-000123:fall:1764230400123",
-    "kind": "fall",
-    "severity": "critical",
-    "state": "raised",
-    "site_id": "fr-lyon-12",
-    "lamp_id": "L-000123",
-    "incident_started_at": datetime(2025, 11, 27, 8, 0, tzinfo=UTC),
-    "emitted_at": datetime(2025, 11, 27, 8, 0, 31, tzinfo=UTC),
-    "details": {"confidence": "0.82"},
-}
+from tests.unit.schemas.records import ALERT
 
 
 def test_every_current_schema_is_a_released_version() -> None:
