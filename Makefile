@@ -15,7 +15,10 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --constraint constraints.txt --editable '.[dev]'
+# Playwright (the browser tests) drives Debian's Chromium from `veilleuse stack up`: never a
+# downloaded browser.
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/pip install --quiet --constraint constraints.txt \
+		--editable '.[dev]'
 	@touch $(STAMP)
 
 # kustomize renders k8s/ in the manifest tests: built from the Go module proxy (needs go).

@@ -14,10 +14,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import orjson
-
 from agents.api import AgentSpec, Output, StateTable
-from agents.detection import PartitionEngine
+from agents.detection import PartitionEngine, restore_engines
 from agents.rules import build_rules, installed_rules
 from agents.rules.base import Rule
 from agents.runtime.streaming import BatchResult, Produce
@@ -55,15 +53,6 @@ def alert_kinds(alert_schema: Schema) -> frozenset[str]:
     return frozenset(kind["type"]["symbols"]) - {"unknown"}
 
 
-def _taker(stored: dict[str, bytes]) -> Callable[[str], bytes | None]:
-    """A lamp's stored state, handed out once (the engine keeps it in memory after)."""
-
-    def take(lamp_id: str) -> bytes | None:
-        return stored.pop(lamp_id, None)
-
-    return take
-
-
 class DetectIncidents:
     """The :class:`~agents.runtime.streaming.BatchAgent` raising alerts from lamp messages."""
 
@@ -82,7 +71,7 @@ class DetectIncidents:
         self.rules: tuple[Rule, ...] = build_rules(config, settings.rules)  # type: ignore[type-arg]
         # What the rules emit besides alerts, as they declare it: kind -> (topic, writer schema).
         self.emitted = {
-            kind: (topic_name(settings, output.topic), schema(output.schema or ""))
+            kind: (topic_name(settings, output.topic), output.writer())
             for rule in self.rules
             for kind, output in rule.emits.items()
         }
@@ -96,41 +85,18 @@ class DetectIncidents:
     # -- partitions ---------------------------------------------------------------------------
 
     def assign(self, partitions: Sequence[int], stored: Iterable[bytes]) -> None:
-        """New partitions, after recovery: one pass over the table's states (a rebalance
-        reassigns every partition, and a worker may hold 100,000 lamps)."""
-        wanted: dict[int, dict[str, bytes]] = {p: {} for p in partitions}
-        with_deadlines: dict[int, list[bytes]] = {p: [] for p in partitions}
-        for data in stored:
-            try:
-                head = orjson.loads(data.partition(b"\x00")[0])
-                lamps = wanted.get(head["partition"])
-                if lamps is None:
-                    continue
-                lamps[head["lamp_id"]] = data
-                if head["timers"]:
-                    with_deadlines[head["partition"]].append(data)
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                self.counts["state_unreadable"] += 1
-        for partition in partitions:
-            index = wanted[partition]
-            engine = PartitionEngine(
+        """New partitions, after recovery (see :func:`~agents.detection.restore_engines`)."""
+
+        def new_engine(partition: int, load: Callable[[str], bytes | None]) -> PartitionEngine:
+            return PartitionEngine(
                 partition,
                 self.rules,
                 self.config,
-                _taker(index),
+                load,
                 self.wall_clock,  # type: ignore[arg-type]
             )
-            restored = engine.restore(with_deadlines[partition])
-            for lamp_id in engine.lamps:
-                index.pop(lamp_id, None)
-            self.engines[partition] = engine
-            log.info(
-                "partition %d: %d lamps known, %d with deadlines",
-                partition,
-                len(index) + restored,
-                restored,
-                extra={"partition": partition, "component": self.name},
-            )
+
+        self.engines.update(restore_engines(partitions, stored, new_engine, self.counts, self.name))
 
     def revoke(self, partition: int) -> None:
         engine = self.engines.pop(partition, None)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -396,3 +396,55 @@ class PartitionEngine:
         while self.heap and self.scheduled.get(self.heap[0][1]) != self.heap[0][0]:
             heapq.heappop(self.heap)
         return self.heap[0][0] if self.heap else None
+
+
+def _taker(stored: dict[str, bytes]) -> Callable[[str], bytes | None]:
+    """A lamp's stored state, handed out once (the engine keeps it in memory after)."""
+
+    def take(lamp_id: str) -> bytes | None:
+        return stored.pop(lamp_id, None)
+
+    return take
+
+
+def restore_engines(
+    partitions: Sequence[int],
+    stored: Iterable[bytes],
+    new_engine: Callable[[int, Callable[[str], bytes | None]], PartitionEngine],
+    counts: Counter[str],
+    component: str,
+) -> dict[int, PartitionEngine]:
+    """The engines of newly assigned partitions, from every state of an agent's recovered
+    table (``stored``): one pass over it (a rebalance reassigns every partition, and a worker
+    may hold 100,000 lamps). Lamps with deadlines are loaded at once, so that silent ones still
+    fire; the others when next heard of. ``new_engine(partition, load)`` makes an engine whose
+    ``load`` hands out the stored state of a lamp of that partition."""
+    wanted: dict[int, dict[str, bytes]] = {p: {} for p in partitions}
+    with_deadlines: dict[int, list[bytes]] = {p: [] for p in partitions}
+    for data in stored:
+        try:
+            head = orjson.loads(data.partition(b"\x00")[0])
+            lamps = wanted.get(head["partition"])
+            if lamps is None:
+                continue
+            lamps[head["lamp_id"]] = data
+            if head["timers"]:
+                with_deadlines[head["partition"]].append(data)
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            counts["state_unreadable"] += 1
+    engines: dict[int, PartitionEngine] = {}
+    for partition in partitions:
+        index = wanted[partition]
+        engine = new_engine(partition, _taker(index))
+        restored = engine.restore(with_deadlines[partition])
+        for lamp_id in engine.lamps:
+            index.pop(lamp_id, None)
+        engines[partition] = engine
+        log.info(
+            "partition %d: %d lamps known, %d with deadlines",
+            partition,
+            len(index) + restored,
+            restored,
+            extra={"partition": partition, "component": component},
+        )
+    return engines

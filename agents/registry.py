@@ -3,10 +3,10 @@
 ``veilleuse.agents`` is the entry point group: a package declares, in its ``pyproject.toml``::
 
     [project.entry-points."veilleuse.agents"]
-    summarise_nights = "my_team.summarise_nights:AGENT"
+    count_visits = "my_team.count_visits:AGENT"
 
 and, once installed next to Veilleuse, its agent is listed by ``veilleuse agents list`` and
-run by ``veilleuse worker --agents summarise_nights``, without a fork.
+run by ``veilleuse worker --agents count_visits``, without a fork.
 """
 
 from __future__ import annotations
@@ -16,17 +16,19 @@ from importlib.metadata import entry_points
 
 from pydantic import BaseModel, ValidationError
 
-from agents import detect_incidents
-from agents.api import AgentSettings, AgentSpec
+from agents import detect_incidents, summarise_nights
+from agents.api import AgentSettings, AgentSpec, Output
 from agents.rules import rule_settings_models
 from pipeline.errors import ConfigurationError
 from pipeline.settings import Settings, settings_table
 from pipeline.topics import topic_name
+from schemas import SchemaError
 
 ENTRY_POINT_GROUP = "veilleuse.agents"
 
 AGENTS: tuple[AgentSpec, ...] = (
     detect_incidents.AGENT,  # the protocol's rules: alerts.v1
+    summarise_nights.AGENT,  # the care team's night summary: activity.nightly.v1
 )
 
 
@@ -56,8 +58,34 @@ def installed_agents() -> dict[str, AgentSpec]:
     for spec in (*AGENTS, *found):
         if spec.name in agents:
             raise ConfigurationError(f"two agents share the name {spec.name}")
+        check_output_schemas(spec)
         agents[spec.name] = spec
     return agents
+
+
+def check_output_schemas(spec: AgentSpec) -> None:
+    """Load every schema the agent's outputs name (its own package's included): a missing file
+    or invalid Avro fails here, when the agent is loaded, and not at its first record."""
+    for output in spec.outputs():
+        if output.schema is None:
+            continue
+        try:
+            output.writer()
+        except SchemaError as exc:
+            raise ConfigurationError(
+                f"agent {spec.name}: the schema {output.schema} of its output "
+                f"{output.topic.name} cannot be loaded: {exc}"
+            ) from exc
+
+
+def describe_output(output: Output, settings: Settings) -> str:
+    """``topic (schema)`` as ``agents list`` shows it, saying which package ships the schema."""
+    topic = topic_name(settings, output.topic)
+    if output.schema is None:
+        return topic
+    if output.package is None:
+        return f"{topic} ({output.subject})"
+    return f"{topic} ({output.subject}, from package {output.package})"
 
 
 def select_agents(names: Iterable[str] | None = None) -> list[AgentSpec]:
@@ -113,10 +141,7 @@ def describe(spec: AgentSpec, settings: Settings) -> str:
     """What ``veilleuse agents list`` prints for one agent."""
     lines = [f"{spec.name}: {spec.help}"]
     lines.append("  reads:    " + ", ".join(topic_name(settings, t) for t in spec.reads))
-    emits = [
-        topic_name(settings, o.topic) + (f" ({o.schema})" if o.schema else "")
-        for o in spec.outputs()
-    ]
+    emits = [describe_output(output, settings) for output in spec.outputs()]
     lines.append("  emits:    " + ", ".join(dict.fromkeys(emits)))
     lines.append(f"  state:    table {spec.table.name} (changelogged)")
     own = [

@@ -295,6 +295,19 @@ class AgentDriver:
         self.agent.process(partition, [record])
         self._commit()
 
+    def replay(self, records: Iterable[KafkaRecord], topic: str | None = None) -> None:
+        """``records`` (built by a :class:`Trace`, or read back from Kafka) reach the agent in
+        the order given, each at its own timestamp (its ingest time), with its key, value and
+        headers, on ``topic`` if given (else its own) and the driver's first partition."""
+        for record in records:
+            self.send(
+                topic or record.topic,
+                record.value or b"",
+                key=record.key,
+                at_ms=record.timestamp_ms,
+                headers=record.headers,
+            )
+
     def run_until(self, wall_ms: int) -> None:
         """Wall time passes up to ``wall_ms``: each partition's due deadlines fire."""
         self.wall_ms = max(self.wall_ms, wall_ms)
@@ -320,3 +333,10 @@ class AgentDriver:
     def on(self, topic: str) -> list[tuple[bytes | None, bytes]]:
         """(key, value) of what was produced to ``topic``."""
         return [(key, value) for name, key, value, _ in self.produced if name == topic]
+
+    def records(self, topic: str) -> list[dict[str, Any]]:
+        """What was produced to ``topic``, decoded from Avro (with the writer schema each
+        record names), in the order produced."""
+        from schemas import decode
+
+        return [decode(value)[1] for _, value in self.on(topic)]

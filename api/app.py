@@ -20,8 +20,9 @@ from fastapi import FastAPI, Request, Response
 from prometheus_client import ProcessCollector
 
 from api import problems
+from api.console import create_console
 from api.deps import Context, Metrics
-from api.routers import alerts, lamps, messages, probes, tokens
+from api.routers import alerts, lamps, messages, nights, probes, tokens
 from api.services import Services
 from pipeline.settings import Settings
 
@@ -66,8 +67,9 @@ def create_app(settings: Settings) -> FastAPI:
         return response
 
     app.include_router(probes.router)
+    app.mount("/console", create_console(ctx))  # the support console, docs/console.md
     # In the order of the spec's paths, as before the split.
-    for resource in (lamps, alerts, messages, tokens):
+    for resource in (lamps, nights, alerts, messages, tokens):
         app.include_router(resource.router)
     return app
 
@@ -85,4 +87,6 @@ def run_api(settings: Settings) -> None:
         log_config=None,  # our JSON logs, configured above
         access_log=False,  # requests are counted in /metrics; errors are logged
         proxy_headers=True,
+        # The console's event streams never end by themselves: a stop waits this long for them.
+        timeout_graceful_shutdown=5,
     )

@@ -158,7 +158,15 @@ async def authenticate(
         raise HTTPException(
             401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"}
         )
-    key = digest(token)
+    found = await principal_of(ctx, digest(token))
+    if found is None:
+        raise HTTPException(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
+    return found
+
+
+async def principal_of(ctx: Context, key: bytes) -> Principal | None:
+    """The live token whose SHA-256 is ``key`` (None: unknown or revoked), trusted for
+    ``api.token_cache_s``; the console's sessions re-check their token through it too."""
     now = time.monotonic()
     cached = ctx.token_cache.get(key)
     if cached is not None and now - cached[0] < ctx.settings.api.token_cache_s:
@@ -167,7 +175,7 @@ async def authenticate(
         row = await (await conn.execute(LOOKUP, (key,))).fetchone()
     if row is None:
         ctx.token_cache.pop(key, None)
-        raise HTTPException(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
+        return None
     found = Principal(row[0], row[1], tuple(row[2]))
     ctx.token_cache[key] = (now, found)
     return found

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
@@ -191,3 +191,40 @@ class TokenListing(BaseModel):
 
 class NewToken(TokenListing):
     token: str = Field(description="The bearer token: shown this once, only its hash is kept.")
+
+
+class Night(BaseModel):
+    """One lamp's night (activity.nightly.v1, schema night_summary.v1): 22:00 to 07:00 in the
+    site's time zone, on the lamp's clock. A night the lamp did not cover in full has
+    `covered_minutes` < `night_minutes`; every other figure counts the covered time only."""
+
+    lamp_id: str
+    site_id: str
+    night_of: date = Field(description="Local date of the evening the night starts.")
+    time_zone: str = Field(description="IANA time zone the night was cut in.")
+    night_start: datetime = Field(description="22:00 local (the lamp's clock).")
+    night_end: datetime = Field(description="07:00 local, exclusive.")
+    night_minutes: int = Field(description="540, or 600 / 480 when the clocks change.")
+    covered_minutes: int = Field(description="Minutes the lamp was online.")
+    messages: int
+    minutes_in_bed: int
+    minutes_out_of_bed: int = Field(description="Out of bed, in the bathroom or out of the room.")
+    bed_exits: int
+    bathroom_visits: int
+    room_exits: int
+    restless_motion_events: int = Field(description="Motion in the bed zone while in bed.")
+    restlessness_per_hour: float | None = Field(
+        description="Restless motion events per hour in bed; null below one minute in bed."
+    )
+    longest_still_minutes: int = Field(description="Longest stretch in bed without motion.")
+    latest_return_to_bed: datetime | None = Field(
+        description="Last time the resident got (back) into bed in the night; null if never."
+    )
+    latest_return_to_bed_local: str | None = Field(description="The same as HH:MM, local.")
+    emitted_at: datetime = Field(description="When the detection worker emitted the summary.")
+
+
+class LampNights(BaseModel):
+    lamp_id: str
+    site_id: str
+    nights: list[Night] = Field(description="By night, oldest first; a night not stored is absent.")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
@@ -353,3 +353,69 @@ def message_of(hit: dict[str, Any]) -> dict[str, Any]:
         "payload": source.get("payload"),
         "raw": source.get("raw", ""),
     }
+
+
+# -- nights ------------------------------------------------------------------------------------
+
+NIGHT_COLUMNS = """
+    n.lamp_id, n.site_id, n.night_of, n.time_zone, n.night_start, n.night_end, n.night_minutes,
+    n.covered_minutes, n.messages, n.minutes_in_bed, n.minutes_out_of_bed, n.bed_exits,
+    n.bathroom_visits, n.room_exits, n.restless_motion_events, n.restlessness_per_hour,
+    n.longest_still_minutes, n.latest_return_to_bed, n.latest_return_to_bed_local, n.emitted_at
+"""
+
+# Where a lamp is: its row in ``lamps`` (its latest activity), else the site of its latest
+# stored night (a lamp whose summaries came before its first hourly figures).
+LAMP_SITE = """
+SELECT site_id FROM (
+    SELECT l.site_id, 0 AS rank FROM lamps AS l WHERE l.lamp_id = %(lamp_id)s
+    UNION ALL
+    (SELECT n.site_id, 1 AS rank FROM night_summaries AS n WHERE n.lamp_id = %(lamp_id)s
+     ORDER BY n.night_of DESC LIMIT 1)
+) AS found ORDER BY rank LIMIT 1
+"""
+
+LAMP_NIGHTS = "SELECT " + NIGHT_COLUMNS + "FROM night_summaries AS n WHERE {} ORDER BY n.night_of"
+
+
+def lamp_nights_query(
+    principal: Principal, lamp_id: str, start: date, end: date
+) -> tuple[sql.Composable, dict[str, Any]]:
+    """The lamp's nights from ``start`` (inclusive) to ``end`` (exclusive), of the token's
+    sites only (a lamp that moved keeps its nights in its former home)."""
+    where = Where()
+    where.add("n.lamp_id = %(lamp_id)s", lamp_id=lamp_id)
+    where.add("n.night_of >= %(start)s AND n.night_of < %(end)s", start=start, end=end)
+    scope(where, principal, "n.site_id")
+    return sql.SQL(LAMP_NIGHTS).format(where.sql()), where.params
+
+
+# Without a night asked for: the latest night stored for the site.
+SITE_NIGHTS = sql.SQL("""
+SELECT {columns} FROM night_summaries AS n
+WHERE n.site_id = %(site)s
+  AND n.night_of = COALESCE(%(night)s::date,
+                            (SELECT max(night_of) FROM night_summaries WHERE site_id = %(site)s))
+  AND (%(after)s::text IS NULL OR n.lamp_id > %(after)s::text)
+ORDER BY n.lamp_id LIMIT %(limit)s
+""").format(columns=sql.SQL(NIGHT_COLUMNS))
+
+
+# -- the support console ------------------------------------------------------------------------
+
+
+def sites_query(principal: Principal) -> tuple[sql.Composable, dict[str, Any]]:
+    """The sites the principal may see that have lamps, with their lamp counts."""
+    where = Where()
+    scope(where, principal, "l.site_id")
+    query = sql.SQL(
+        "SELECT l.site_id, count(*) AS lamps FROM lamps AS l WHERE {} "
+        "GROUP BY l.site_id ORDER BY l.site_id"
+    ).format(where.sql())
+    return query, where.params
+
+
+SITE_KNOWN = """
+SELECT EXISTS (SELECT 1 FROM lamps WHERE site_id = %(site)s)
+    OR EXISTS (SELECT 1 FROM alerts WHERE site_id = %(site)s) AS known
+"""

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 @click.group()
 def stack() -> None:
-    """The local stack: Kafka, Elasticsearch, PostgreSQL, Redis, Mosquitto on 127.0.0.1."""
+    """The local stack: Kafka, Elasticsearch, PostgreSQL, Redis, Mosquitto on 127.0.0.1, and
+    Debian's Chromium for the console's browser tests."""
 
 
 SERVICES_ARG = click.argument("services", nargs=-1)
@@ -59,8 +60,7 @@ def stack_status(ctx: click.Context, services: tuple[str, ...]) -> None:
     reports = manager.status(settings_of(ctx), services)
     for report in reports:
         click.echo(report.line())
-    answering = {manager.State.UP, manager.State.EXTERNAL}
-    if any(report.state not in answering for report in reports):
+    if any(report.state not in manager.READY for report in reports):
         sys.exit(1)
 
 
@@ -218,13 +218,13 @@ def simulate(  # noqa: PLR0917 - click passes every option positionally
     import uuid
 
     from devtools.simulate import simulate as run_simulation
-    from devtools.simulator import SimConfig, Simulation, demo_config, detection_env
+    from devtools.simulator import SimConfig, Simulation, demo_config, worker_env
 
     settings = settings_of(ctx)
     run = f"sim-{uuid.uuid4().hex[:6]}"
     if demo_home:
         config = demo_config(int(time.time() * 1000), seed=seed, run=run)
-        env = " ".join(f"{k}={v}" for k, v in detection_env(config.detection).items())
+        env = " ".join(f"{k}={v}" for k, v in worker_env(config).items())
         click.echo(f"the demo home's ground truth assumes workers started with: {env}")
     else:
         config = SimConfig(

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devtools.demo_nights import NightCheck, check_night, plan_night, report_lines
 from devtools.processes import PipelineProcess, veilleuse
 from devtools.simulate import PlayStats
-from devtools.simulator import SEVERITY, Simulation, demo_config, detection_env
+from devtools.simulator import SEVERITY, Simulation, demo_config, worker_env
 from devtools.simulator.presets import short_config
 from devtools.simulator.scoring import Score, SeenAlert, percentile, score
 from pipeline.ports import free_port
@@ -285,8 +286,14 @@ async def run_demo(run: DemoRun, stack: bool = True) -> int:  # noqa: PLR0912, P
     echo(f"topics: prefix {run.prefix!r}; logs in {run.log_dir}")
     stop_tail = asyncio.Event()
     tail: asyncio.Task[None] | None = None
+    # The night summary needs the sink and the API to be read back: the full run only.
+    night = None
+    if run.full:
+        grace_s = config.detection.window_grace_s
+        night = plan_night(settings, config.lamp_ids()[0][0], grace_s, time.time())
+    night_check: NightCheck | None = None
     try:
-        run.start_processes(detection_env(config.detection))
+        run.start_processes({**worker_env(config), **(night.env() if night else {})})
         echo("started: " + ", ".join(p.name for p in run.procs))
         for p in run.procs:
             if p.name == "connector":
@@ -332,6 +339,11 @@ async def run_demo(run: DemoRun, stack: bool = True) -> int:  # noqa: PLR0912, P
                 worker[key] = worker.get(key, 0) + value
         if run.full:
             ask_the_api(run, config)
+        if night is not None:
+            echo(f"waiting for the night summaries of the demo's night ({night.label()})")
+            night_check = await check_night(
+                run.isolated, sim.config, night, run.api_port, run.token
+            )
         dead = [p.name for p in run.procs if not p.alive()]
     finally:
         stop_tail.set()
@@ -344,11 +356,19 @@ async def run_demo(run: DemoRun, stack: bool = True) -> int:  # noqa: PLR0912, P
             with contextlib.suppress(Exception):
                 await run.delete_topics()
     report(run, sim, stats, result, produced, dlq, late, hourly, worker)
+    if night_check is not None:
+        echo("")
+        for line in report_lines(night_check):
+            echo(line)
+        verdict = "PASS" if night_check.ok else "FAIL"
+        echo(f"{verdict}: {len(night_check.heard)} lamp(s) heard during the night, each with "
+             f"exactly one summary: {'yes' if night_check.ok else 'no'}")  # fmt: skip
     if dead:
         echo(f"processes that died during the run: {', '.join(dead)} (logs in {run.log_dir})")
     echo(f"demo took {time.monotonic() - started:.0f} s")
     run.result = result
-    return 0 if result.ok and not dead else 1
+    nights_ok = night_check is None or night_check.ok
+    return 0 if result.ok and not dead and nights_ok else 1
 
 
 async def discard_connector_session(run: DemoRun) -> None:

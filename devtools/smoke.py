@@ -318,7 +318,7 @@ async def detection_round_trip(settings: Settings, confirm_s: float = 30.0) -> s
     worker, log = _start_worker(
         prefix,
         {
-            "VEILLEUSE_DETECTION__FALL_CONFIRM_S": str(confirm_s),
+            "VEILLEUSE_RULES__FALL__CONFIRM_S": str(confirm_s),
             "VEILLEUSE_LOG_LEVEL": "WARNING",
         },
     )

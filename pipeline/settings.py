@@ -181,10 +181,32 @@ class ConnectorSettings(_Section):
     )
 
 
-class DetectionSettings(_Section):
-    """The detection workers and the protocol's alerting rules (``VEILLEUSE_DETECTION__*``).
+# Rule thresholds that moved to their rule's own section (``VEILLEUSE_RULES__<RULE>__<FIELD>``):
+# an old variable left in a deployment is refused with its new name, not silently ignored.
+MOVED_TO_RULES = {
+    "help_cancel_s": "VEILLEUSE_RULES__HELP_BUTTON__CANCEL_S",
+    "inactivity_s": "VEILLEUSE_RULES__INACTIVITY__AFTER_S",
+    "inactivity_day_start": "VEILLEUSE_RULES__INACTIVITY__DAY_START",
+    "inactivity_day_end": "VEILLEUSE_RULES__INACTIVITY__DAY_END",
+    "fall_min_confidence": "VEILLEUSE_RULES__FALL__MIN_CONFIDENCE",
+    "fall_confirm_s": "VEILLEUSE_RULES__FALL__CONFIRM_S",
+    "long_lie_s": "VEILLEUSE_RULES__FALL__LONG_LIE_S",
+    "staff_min_persons": "VEILLEUSE_RULES__FALL__STAFF_MIN_PERSONS",
+    "environment_low_c": "VEILLEUSE_RULES__ENVIRONMENT__LOW_C",
+    "environment_high_c": "VEILLEUSE_RULES__ENVIRONMENT__HIGH_C",
+    "environment_window_s": "VEILLEUSE_RULES__ENVIRONMENT__WINDOW_S",
+    "environment_step_s": "VEILLEUSE_RULES__ENVIRONMENT__STEP_S",
+    "environment_min_samples": "VEILLEUSE_RULES__ENVIRONMENT__MIN_SAMPLES",
+    "offline_after_s": "VEILLEUSE_RULES__LAMP_OFFLINE__OFFLINE_AFTER_S",
+}
 
-    Thresholds are the protocol's defaults; durations are seconds of the lamp's event time.
+
+class DetectionSettings(_Section):
+    """The detection workers (``VEILLEUSE_DETECTION__*``): what every rule shares (time zones,
+    the windows' grace, deduplication) and the runtime's own settings. Each rule's thresholds
+    are declared in the rule's module (``VEILLEUSE_RULES__<RULE>__<FIELD>``).
+
+    Durations are seconds of the lamp's event time.
     """
 
     app_id: str = Field(
@@ -196,28 +218,6 @@ class DetectionSettings(_Section):
         description="Stable name of this worker (its Kafka transactional id); the host name "
         "if unset. Two live workers must not share it.",
     )
-    fall_min_confidence: float = Field(
-        0.6, ge=0, le=1, description="Rule 1: lowest fall_suspected confidence considered."
-    )
-    fall_confirm_s: float = Field(
-        30, gt=0, description="Rule 1: time without getting up that confirms a fall."
-    )
-    long_lie_s: float = Field(
-        60, gt=0, description="Rule 2: time on the floor (or lying outside bed) that is a fall."
-    )
-    staff_min_persons: int = Field(
-        2, ge=2, description="Rule 4: persons seen from which staff is taken to be present."
-    )
-    environment_low_c: float = Field(17, description="Rule 7: lowest acceptable mean (°C).")
-    environment_high_c: float = Field(28, description="Rule 7: highest acceptable mean (°C).")
-    environment_window_s: int = Field(600, gt=0, description="Rule 7: averaging window.")
-    environment_step_s: int = Field(
-        60, gt=0, description="Rule 7: hop of the averaging window (window = hop: tumbling)."
-    )
-    environment_min_samples: int = Field(
-        5, ge=1, description="Rule 7: fewest readings for a window's mean to count."
-    )
-    offline_after_s: float = Field(300, gt=0, description="Rule 8: silence that is offline.")
     default_timezone: str = Field(
         "Europe/Paris", description="Time zone of the sites not listed in site_timezones."
     )
@@ -275,6 +275,19 @@ class DetectionSettings(_Section):
         description="A worker's partition registration expires this long after its "
         "last refresh (it refreshes every third of it).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_moved_thresholds(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            moved = [
+                f"VEILLEUSE_DETECTION__{name.upper()} is now {new}"
+                for name, new in MOVED_TO_RULES.items()
+                if name in data
+            ]
+            if moved:
+                raise ValueError("moved to the rule's section: " + "; ".join(moved))
+        return data
 
     def ms(self, seconds: float) -> int:
         return round(seconds * 1000)
@@ -483,6 +496,16 @@ class ApiSettings(_Section):
         ge=0,
         description="How long a verified token is trusted before it is looked up again (a "
         "revocation takes effect within this).",
+    )
+    console_session_ttl_s: float = Field(
+        8 * 3600.0,
+        gt=0,
+        description="How long a support console session lasts after sign-in (stored in Redis).",
+    )
+    console_secure_cookies: bool = Field(
+        False,
+        description="Mark the console's cookies Secure even when the request does not say it "
+        "came over https (a TLS proxy that sends no X-Forwarded-Proto).",
     )
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "millis",
     "registry",
     "schema",
+    "schema_file",
 ]
 
 SCHEMA_DIR = Path(__file__).parent
@@ -72,13 +73,13 @@ class Schema:
 
 def _load(path: Path, name: str | None = None, version: int | None = None) -> Schema:
     from fastavro import parse_schema
-    from fastavro.schema import fingerprint, to_parsing_canonical_form
+    from fastavro.schema import SchemaParseException, fingerprint, to_parsing_canonical_form
 
     try:
         raw = json.loads(path.read_text())
         parsed: Any = parse_schema(raw)
         canonical = to_parsing_canonical_form(raw)
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, SchemaParseException) as exc:
         raise SchemaError(f"{path}: not a valid Avro schema: {exc}") from exc
     return Schema(
         name=name or path.name.removesuffix(".avsc"),
@@ -236,6 +237,15 @@ def registry(folder: Path = SCHEMA_DIR) -> Registry:
 def schema(name: str, folder: Path = SCHEMA_DIR) -> Schema:
     """The current version of a subject, e.g. ``schema("alert.v1")``."""
     return registry(folder).schema(name)
+
+
+def schema_file(path: Path, name: str | None = None) -> Schema:
+    """One schema file outside any registry (a plugin's own schema, shipped in its package);
+    ``name`` defaults to the file's name without ``.avsc``. Raises :class:`SchemaError` when the
+    file is missing or not valid Avro."""
+    if not path.is_file():
+        raise SchemaError(f"{path}: no such schema file")
+    return _load(path, name)
 
 
 def encode(writer: Schema, record: Mapping[str, Any]) -> bytes:

@@ -4,6 +4,7 @@ pip, a network or a build. Put the folder on ``sys.path`` (or a process's PYTHON
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 # A rule of another team: its own module, its own kind of alert, its own thresholds.
@@ -87,7 +88,9 @@ def install_plugin(
     ``entry_points``: group -> entry point name -> ``module:attribute``."""
     folder.mkdir(parents=True, exist_ok=True)
     for filename, source in modules.items():
-        (folder / filename).write_text(source)
+        target = folder / filename  # "pkg/sub/file" makes the package's folders
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(source)
     info = folder / f"{name}-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
@@ -100,13 +103,17 @@ def install_plugin(
 
 
 # An agent of another team that a real worker can be seen running: it copies each record of
-# lamp.messages.v1 to echo.v1 (a topic the test creates), keyed as it came.
+# lamp.messages.v1 to echo.v1 (a topic the test creates), keyed as it came, wrapped in a record of
+# its own Avro schema, which its package ships (team_echo/schemas/echo.v1.avsc): Veilleuse's
+# schemas know nothing of it.
 ECHO_AGENT = """
 from agents.api import AgentSpec, Output, StateTable
 from agents.runtime.streaming import BatchResult, Produce
 from pipeline.topics import LAMP_MESSAGES, TopicSpec, topic_name
+from schemas import encode
 
 ECHO = TopicSpec("echo.v1", "copies", 3600 * 1000)
+COPIES = Output(ECHO, "team_echo.schemas:echo.v1")
 
 
 class Echo:
@@ -115,6 +122,7 @@ class Echo:
     def __init__(self, settings, own, clock):
         self.topics = (topic_name(settings, LAMP_MESSAGES),)
         self.output = topic_name(settings, ECHO)
+        self.schema = COPIES.writer()
         self.result = BatchResult()
 
     def assign(self, partitions, stored):
@@ -125,7 +133,12 @@ class Echo:
 
     def process(self, partition, records):
         for record in records:
-            self.result.produce.append(Produce(self.output, record.key, record.value or b""))
+            copy = {
+                "lamp_id": (record.key or b"").decode(),
+                "source_offset": record.offset,
+                "payload": record.value or b"",
+            }
+            self.result.produce.append(Produce(self.output, record.key, encode(self.schema, copy)))
 
     def advance(self, partition, wall_ms):
         pass
@@ -137,6 +150,33 @@ class Echo:
 
 AGENT = AgentSpec(
     name="echo_messages", help="Copies lamp messages to echo.v1.", reads=(LAMP_MESSAGES,),
-    table=StateTable("echo_state", "nothing"), build=Echo, emits=(Output(ECHO, None),),
+    table=StateTable("echo_state", "nothing"), build=Echo, emits=(COPIES,),
 )
 """
+
+ECHO_SCHEMA = """{
+  "type": "record",
+  "name": "Echo",
+  "namespace": "team_echo.v1",
+  "doc": "A lamp message as it came, with where it came from.",
+  "fields": [
+    {"name": "lamp_id", "type": "string"},
+    {"name": "source_offset", "type": "long"},
+    {"name": "payload", "type": "bytes"}
+  ]
+}
+"""
+
+# The echo agent's package, as install_plugin takes it: its module and the schema it ships.
+ECHO_PACKAGE = {
+    "team_echo/__init__.py": ECHO_AGENT,
+    "team_echo/schemas/__init__.py": "",
+    "team_echo/schemas/echo.v1.avsc": ECHO_SCHEMA,
+}
+
+
+def forget_modules(*roots: str) -> None:
+    """Drop the plugin's modules (and submodules) imported by a test: the next test installs
+    its own copy elsewhere."""
+    for name in [name for name in sys.modules if name.split(".")[0] in roots]:
+        del sys.modules[name]

@@ -3,14 +3,15 @@
 A rule shipped in another installed package registers itself instead through the
 ``veilleuse.rules`` entry point group (``name = "module:RuleClass"``), so a team adds a rule
 without forking. Each rule's thresholds come from its section of ``settings.rules``
-(``VEILLEUSE_RULES__<RULE>__<FIELD>``), validated here with the rule's own model.
+(``VEILLEUSE_RULES__<RULE>__<FIELD>``), validated here with the rule's own model; code outside
+the rules (the simulator, the bench) reads them through :func:`rule_settings`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
 
@@ -21,9 +22,11 @@ from agents.rules.fall import FallRule
 from agents.rules.help_button import HelpButtonRule
 from agents.rules.inactivity import InactivityRule
 from agents.rules.lamp_offline import LampOfflineRule
-from agents.rules.night_summary import NightSummaryRule
 from pipeline.errors import ConfigurationError
-from pipeline.settings import DetectionSettings
+from pipeline.settings import DetectionSettings, Settings
+
+Sections = Mapping[str, Mapping[str, Any]]
+M = TypeVar("M", bound=RuleSettings)
 
 ENTRY_POINT_GROUP = "veilleuse.rules"
 
@@ -34,7 +37,6 @@ RULES: tuple[type[Rule], ...] = (  # type: ignore[type-arg]
     LampOfflineRule,
     InactivityRule,
     ActivityHourlyRule,  # not an alert: support's hourly figures, on the same lamp clock
-    NightSummaryRule,  # not an alert: the care team's morning summary of each night
 )
 
 
@@ -78,24 +80,39 @@ def rule_settings_models(
     }
 
 
-def rule_settings(
-    rule: type[Rule],  # type: ignore[type-arg]
-    sections: Mapping[str, Mapping[str, Any]],
-) -> RuleSettings:
+def _validated(rule: type[Rule], sections: Sections) -> RuleSettings:  # type: ignore[type-arg]
     """The rule's thresholds: its section of ``settings.rules`` validated by its model."""
     section = sections.get(rule.name, {})
     try:
         return rule.settings_type.model_validate(section)
     except ValidationError as exc:
         prefix = f"VEILLEUSE_RULES__{rule.name.upper()}__"
+        wrong = ", ".join(
+            prefix + ".".join(str(part) for part in error["loc"]).upper() for error in exc.errors()
+        )
         raise ConfigurationError(
-            f"invalid settings of rule {rule.name} ({prefix}*): {exc}"
+            f"invalid settings of rule {rule.name} ({wrong or prefix + '*'}): {exc}"
         ) from exc
+
+
+def rule_settings(settings: Settings | Sections, model: type[M]) -> M:
+    """The thresholds of the installed rule whose settings model is ``model``, from
+    ``settings.rules`` (or such sections: rule name -> field -> value), validated::
+
+        confirm_s = rule_settings(settings, FallSettings).confirm_s
+
+    Raises :class:`ConfigurationError`, naming the variable, for a value the model refuses.
+    """
+    sections = settings.rules if isinstance(settings, Settings) else settings
+    for rule in installed_rules():
+        if rule.settings_type is model:
+            return cast(M, _validated(rule, sections))
+    raise ConfigurationError(f"no installed rule has the settings model {model.__qualname__}")
 
 
 def build_rules(
     config: DetectionSettings,
-    sections: Mapping[str, Mapping[str, Any]] | None = None,
+    sections: Sections | None = None,
     rules: Iterable[type[Rule]] | None = None,  # type: ignore[type-arg]
 ) -> tuple[Rule, ...]:  # type: ignore[type-arg]
     """One instance of each rule (all installed ones unless ``rules`` is given), with its
@@ -109,4 +126,4 @@ def build_rules(
             f"settings for unknown rules: {', '.join(unknown)} "
             f"(known: {', '.join(rule.name for rule in chosen)})"
         )
-    return tuple(rule(config, rule_settings(rule, sections)) for rule in chosen)
+    return tuple(rule(config, _validated(rule, sections)) for rule in chosen)

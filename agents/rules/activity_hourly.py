@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from pydantic import Field
+
 from agents.api import Output
 from agents.events import LampEvent
 from agents.eventtime import WindowSpec
-from agents.rules.base import Rule, RuleContext, RuleState
+from agents.rules.base import Rule, RuleContext, RuleSettings, RuleState
 from pipeline.topics import ACTIVITY_HOURLY
 
 HOUR_MS = 3_600_000
@@ -29,6 +31,17 @@ T_COUNT, T_SUM, T_MIN, T_MAX, LAST_SEEN, FIRMWARE = range(9, 15)
 
 def new_window(start: int) -> list[Any]:
     return [start, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0, None, None, -1, None]
+
+
+class ActivityHourlySettings(RuleSettings):
+    # Its own copy, not the fall rule's: a rule sees only its own section. Keep them equal.
+    fall_min_confidence: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="Lowest fall_suspected confidence counted in an hour's falls (as "
+        "VEILLEUSE_RULES__FALL__MIN_CONFIDENCE).",
+    )
 
 
 @dataclass
@@ -49,6 +62,8 @@ class ActivityHourlyRule(Rule[ActivityState]):
         {"motion", "posture", "fall_suspected", "button", "temperature", "heartbeat", "status"}
     )
     state_type = ActivityState
+    settings_type = ActivityHourlySettings
+    settings: ActivityHourlySettings = field(default_factory=ActivityHourlySettings, repr=False)
     emits = {"activity_hourly": Output(ACTIVITY_HOURLY, "activity_hourly.v1")}  # noqa: RUF012
 
     @cached_property
@@ -80,7 +95,7 @@ class ActivityHourlyRule(Rule[ActivityState]):
                 window[ABSENT] |= minute
             self._zone(state, window, zone)
         elif kind == "fall_suspected":
-            if event.number("confidence") >= self.config.fall_min_confidence:
+            if event.number("confidence") >= self.settings.fall_min_confidence:
                 window[FALLS] += 1
         elif kind == "button":
             if payload["action"] in ("press", "long_press"):

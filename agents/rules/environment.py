@@ -11,11 +11,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from pydantic import Field
+
 from agents.events import LampEvent
 from agents.eventtime import WindowSpec
-from agents.rules.base import Rule, RuleContext, RuleState
+from agents.rules.base import Rule, RuleContext, RuleSettings, RuleState
 
 CLOSE = "close"
+
+
+class EnvironmentSettings(RuleSettings):
+    low_c: float = Field(17, description="Rule 7: lowest acceptable mean (°C).")
+    high_c: float = Field(28, description="Rule 7: highest acceptable mean (°C).")
+    window_s: int = Field(600, gt=0, description="Rule 7: averaging window.")
+    step_s: int = Field(
+        60, gt=0, description="Rule 7: hop of the averaging window (window = hop: tumbling)."
+    )
+    min_samples: int = Field(
+        5, ge=1, description="Rule 7: fewest readings for a window's mean to count."
+    )
 
 
 @dataclass
@@ -29,13 +43,13 @@ class EnvironmentRule(Rule[EnvironmentState]):
     name = "environment"
     handles = frozenset({"temperature"})
     state_type = EnvironmentState
+    settings_type = EnvironmentSettings
+    settings: EnvironmentSettings = field(default_factory=EnvironmentSettings, repr=False)
 
     @cached_property
     def spec(self) -> WindowSpec:
-        c = self.config
-        return WindowSpec(
-            c.ms(c.environment_window_s), c.ms(c.environment_step_s), c.ms(c.window_grace_s)
-        )
+        c, s = self.config, self.settings
+        return WindowSpec(c.ms(s.window_s), c.ms(s.step_s), c.ms(c.window_grace_s))
 
     def on_event(self, state: EnvironmentState, event: LampEvent, ctx: RuleContext) -> None:
         spec, now = self.spec, ctx.now
@@ -59,18 +73,18 @@ class EnvironmentRule(Rule[EnvironmentState]):
         ctx.set_timer(CLOSE, spec.closes_at(int(state.windows[0][0])))
 
     def on_timer(self, state: EnvironmentState, timer: str, ctx: RuleContext) -> None:
-        spec, now, c = self.spec, ctx.now, self.config
+        spec, now, c = self.spec, ctx.now, self.settings
         while state.windows and spec.is_closed(int(state.windows[0][0]), now):
             start, total, count = state.windows.pop(0)
-            if count < c.environment_min_samples:
+            if count < c.min_samples:
                 continue
             mean = total / count
-            out_of_range = mean < c.environment_low_c or mean > c.environment_high_c
+            out_of_range = mean < c.low_c or mean > c.high_c
             if out_of_range and state.incident is None:
                 details = {
                     "mean_celsius": f"{mean:.1f}",
                     "window_start": str(int(start)),
-                    "condition": "cold" if mean < c.environment_low_c else "hot",
+                    "condition": "cold" if mean < c.low_c else "hot",
                 }
                 state.incident = ctx.raise_alert(
                     self.name, "environment", "warning", int(start), details

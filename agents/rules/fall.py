@@ -12,14 +12,31 @@ incident that was closed last are ignored, so duplicates and stragglers cannot r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from pydantic import Field
 
 from agents.events import LampEvent
-from agents.rules.base import Rule, RuleContext, RuleState
+from agents.rules.base import Rule, RuleContext, RuleSettings, RuleState
 
 UPRIGHT = frozenset({"standing", "sitting"})
 CONFIRM = "confirm"
 LONG_LIE = "long_lie"
+
+
+class FallSettings(RuleSettings):
+    min_confidence: float = Field(
+        0.6, ge=0, le=1, description="Rule 1: lowest fall_suspected confidence considered."
+    )
+    confirm_s: float = Field(
+        30, gt=0, description="Rule 1: time without getting up that confirms a fall."
+    )
+    long_lie_s: float = Field(
+        60, gt=0, description="Rule 2: time on the floor (or lying outside bed) that is a fall."
+    )
+    staff_min_persons: int = Field(
+        2, ge=2, description="Rule 4: persons seen from which staff is taken to be present."
+    )
 
 
 def is_down(posture: str, zone: str) -> bool:
@@ -45,6 +62,8 @@ class FallRule(Rule[FallState]):
     name = "fall"
     handles = frozenset({"fall_suspected", "posture"})
     state_type = FallState
+    settings_type = FallSettings
+    settings: FallSettings = field(default_factory=FallSettings, repr=False)
 
     def on_event(self, state: FallState, event: LampEvent, ctx: RuleContext) -> None:
         if event.type == "fall_suspected":
@@ -53,15 +72,15 @@ class FallRule(Rule[FallState]):
             self._on_posture(state, event, ctx)
 
     def _staff_present(self, state: FallState) -> bool:
-        return state.persons >= self.config.staff_min_persons
+        return state.persons >= self.settings.staff_min_persons
 
     def _on_suspicion(self, state: FallState, event: LampEvent, ctx: RuleContext) -> None:
         confidence = event.number("confidence")
-        if confidence < self.config.fall_min_confidence or event.ts <= state.closed_at:
+        if confidence < self.settings.min_confidence or event.ts <= state.closed_at:
             return
         if state.phase in ("suspected", "alerted") or self._staff_present(state):
             return
-        confirm_ms = self.config.ms(self.config.fall_confirm_s)
+        confirm_ms = self.config.ms(self.settings.confirm_s)
         if event.ts < state.last_upright_at < event.ts + confirm_ms:
             # Reordered: the resident was already seen up again within the 30 s.
             self._recovered(state, event.ts, confidence, event.str_field("zone"), ctx)
@@ -111,7 +130,7 @@ class FallRule(Rule[FallState]):
             state.phase = "lying"
             state.started_at = ts
             state.zone = zone
-            ctx.set_timer(LONG_LIE, ts + self.config.ms(self.config.long_lie_s))
+            ctx.set_timer(LONG_LIE, ts + self.config.ms(self.settings.long_lie_s))
 
     def on_timer(self, state: FallState, timer: str, ctx: RuleContext) -> None:
         expected = {CONFIRM: "suspected", LONG_LIE: "lying"}.get(timer)

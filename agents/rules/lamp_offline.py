@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from pydantic import Field
 
 from agents.events import LampEvent
-from agents.rules.base import Rule, RuleContext, RuleState
+from agents.rules.base import Rule, RuleContext, RuleSettings, RuleState
 
 SILENCE = "silence"
+
+
+class LampOfflineSettings(RuleSettings):
+    offline_after_s: float = Field(300, gt=0, description="Rule 8: silence that is offline.")
 
 
 @dataclass
@@ -24,6 +30,8 @@ class LampOfflineRule(Rule[LampOfflineState]):
         {"motion", "posture", "fall_suspected", "button", "temperature", "heartbeat", "status"}
     )
     state_type = LampOfflineState
+    settings_type = LampOfflineSettings
+    settings: LampOfflineSettings = field(default_factory=LampOfflineSettings, repr=False)
 
     def on_event(self, state: LampOfflineState, event: LampEvent, ctx: RuleContext) -> None:
         now = ctx.now
@@ -41,11 +49,11 @@ class LampOfflineRule(Rule[LampOfflineState]):
             ctx.resolve(state.incident, {"reason": "back_online", "type": event.type})
             state.incident = None
             state.closed_at = now
-        ctx.set_timer(SILENCE, now + self.config.ms(self.config.offline_after_s))
+        ctx.set_timer(SILENCE, now + self.config.ms(self.settings.offline_after_s))
 
     def on_timer(self, state: LampOfflineState, timer: str, ctx: RuleContext) -> None:
         if timer == SILENCE and state.incident is None:
-            details = {"reason": "silent", "silent_s": f"{self.config.offline_after_s:.0f}"}
+            details = {"reason": "silent", "silent_s": f"{self.settings.offline_after_s:.0f}"}
             state.incident = ctx.raise_alert(
                 self.name, "lamp_offline", "warning", state.last_heard_at, details
             )

@@ -9,17 +9,23 @@ kept from faust
     table changelogs, standby replicas), table recovery from the changelog before a partition
     is processed, pausing and flow control during rebalances, the worker lifecycle.
 replaced
-    faust's per-record fetch loop and conductor for the topics of a :class:`BatchAgent`: each
-    fetch is buffered per partition and handed to the agent in batches; hot state
-    lives in the agent's memory; changed keys are written to the table's changelog once per
-    batch, in the same Kafka transaction as the batch's outputs and its consumer offsets.
+    faust's per-record fetch loop and conductor for the topics of the worker's agents
+    (:class:`BatchAgent`): each fetch is buffered per partition and handed, in batches, to
+    every agent that reads its topic; hot state lives in the agents' memory; changed keys are
+    written to each agent's own table changelog once per batch, in the same Kafka transaction
+    as the outputs of every agent of the worker and the batch's consumer offsets.
 
-So a batch is all or nothing: after a crash the next owner of a partition restores the
-changelog (read with ``read_committed``) and resumes from the committed offsets, with state
-and offsets that match, and consumers reading ``read_committed`` never see an output twice.
-The cost: outputs become visible when their batch commits (every ``linger_ms`` or tick),
-and faust's per-event features (``app.agent`` streams, table ``__setitem__``) are not used
-for these topics.
+Several agents may read one topic (as the sub-topologies of one Kafka Streams application
+do): the worker's one consumer group reads it once, each agent sees every record of it, and
+one offset per input partition is committed in the transaction that also holds what every
+agent made of the batch.
+
+So a batch is all or nothing, for all the agents together: after a crash the next owner of a
+partition restores the changelogs (read with ``read_committed``) and resumes from the committed
+offsets, with state and offsets that match, and consumers reading ``read_committed`` never see
+an output twice. The cost: outputs become visible when their batch commits (every
+``linger_ms`` or tick), and faust's per-event features (``app.agent`` streams, table
+``__setitem__``) are not used for these topics.
 
 Every private name of faust and aiokafka this needs lives in :mod:`agents.runtime.faust_internals`
 (with why, and a contract test each); ``docs/runtime.md`` has the measurements behind the batch
@@ -134,32 +140,94 @@ def faust_broker_options(settings: Settings) -> dict[str, Any]:
     return conf
 
 
+@dataclass(frozen=True)
+class Lane:
+    """One agent of a :class:`BatchProcessor` and the table it keeps (its own changelog)."""
+
+    agent: BatchAgent
+    table: Any
+
+
+class AgentCounters:
+    """The counters of a worker's agents, as :class:`pipeline.metrics.WorkerMetrics` reads one
+    agent's (``counts``, and ``engines`` each with ``counts``): the first agent's under their
+    own names (those of the dashboards and alerts), every other agent's prefixed with its name
+    (``summarise_nights.late``), so that each agent's figures stay apart."""
+
+    engines: Mapping[Any, Any] = {}  # read-only: the totals are in ``counts``
+
+    def __init__(self, agents: Sequence[BatchAgent]) -> None:
+        self.agents = tuple(agents)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        totals: dict[str, int] = defaultdict(int)
+        for index, agent in enumerate(self.agents):
+            prefix = f"{agent.name}." if index else ""
+            sources = [getattr(agent, "counts", {})]
+            sources += [engine.counts for engine in getattr(agent, "engines", {}).values()]
+            for counts in sources:
+                for name, value in counts.items():
+                    totals[prefix + name] += value
+        return dict(totals)
+
+
+def merge_results(results: Iterable[BatchResult]) -> BatchResult:
+    """What several agents' results make visible together (changelogs left out: each is its
+    own table's), for the metrics."""
+    merged = BatchResult()
+    for result in results:
+        merged.produce += result.produce
+        merged.deadlines_ms += result.deadlines_ms
+        merged.alerts += result.alerts
+    return merged
+
+
 class BatchProcessor(Service):
-    """Runs one :class:`BatchAgent` inside a faust worker."""
+    """Runs a worker's agents (:class:`BatchAgent`) inside a faust worker, each with its own
+    table, all fed from one buffer per input partition and committed in one transaction per
+    batch."""
 
     def __init__(
         self,
         app: faust.App,
         settings: Settings,
-        agent: BatchAgent,
-        table: Any,
+        lanes: Sequence[Lane],
         *,
         instance_id: str | None = None,
         metrics: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if not lanes:
+            raise StreamingError("a batch processor needs at least one agent")
+        names = [lane.agent.name for lane in lanes]
+        tables = [lane.table.name for lane in lanes]
+        if len(set(names)) < len(names) or len(set(tables)) < len(tables):
+            raise StreamingError(f"agents and tables must be distinct: {names}, {tables}")
         self.app = app
         self.settings = settings
-        self.agent = agent
-        self.table = table
+        self.lanes = tuple(lanes)
+        # Every input topic, each once, in the agents' order; and which agents read each.
+        self.topics: tuple[str, ...] = tuple(
+            dict.fromkeys(topic for lane in lanes for topic in lane.agent.topics)
+        )
+        self.readers: dict[str, tuple[BatchAgent, ...]] = {
+            topic: tuple(lane.agent for lane in lanes if topic in lane.agent.topics)
+            for topic in self.topics
+        }
+        self.component = "+".join(names)
         self.metrics = metrics
         detection = settings.detection
         self.linger_s = detection.linger_ms / 1000
         self.tick_s = detection.tick_interval_s
         self.max_batch = detection.max_batch_records
         self.instance_id = instance_id or detection.instance_id or socket.gethostname()
-        self.transactional_id = f"{app.conf.id}-{agent.name}-{self.instance_id}"
+        # One producer per worker: the agents' outputs and changelogs share its transactions.
+        # Its id does not name the agents: a worker restarted with another set of agents must
+        # still fence its predecessor at once, or the transaction that one left open holds
+        # back every read_committed consumer (the alerts) until the broker times it out.
+        self.transactional_id = f"{app.conf.id}-{self.instance_id}"
         self.buffers: dict[TP, list[Any]] = defaultdict(list)
         self.buffered = 0
         self.wakeup = asyncio.Event()
@@ -168,7 +236,9 @@ class BatchProcessor(Service):
         self.lock = asyncio.Lock()
         self.ready: set[int] = set()
         self.next_offset: dict[TP, int] = {}
-        self.ingest_clock: dict[int, int] = {}
+        # (main topic, partition) -> the newest ingest time seen: an agent's partition clock
+        # while its first topic's partition is behind.
+        self.ingest_clock: dict[TP, int] = {}
         self.producer: Any = None
         self.batches = 0
         self.health = Health(
@@ -182,14 +252,22 @@ class BatchProcessor(Service):
         )
         if not isinstance(app, StreamingApp):
             raise StreamingError("the app must be a StreamingApp")
-        for topic in agent.topics:
+        for topic in self.topics:
+            if topic in app.batch_handlers:  # its offsets would be committed twice
+                raise StreamingError(f"{topic} is already read by another batch processor")
             app.batch_handlers[topic] = self.on_records
             # Subscribed through faust's conductor, like an agent's topic.
             app.topics.add(
                 app.topic(topic, acks=False, key_serializer="raw", value_serializer="raw")
             )
         app.on_partitions_revoked.connect(self._on_revoked)
-        table.on_recover(self._on_recovered)
+        # faust calls these once every table recovered; the first call hands out the partitions.
+        for lane in lanes:
+            lane.table.on_recover(self._on_recovered)
+
+    @property
+    def agents(self) -> tuple[BatchAgent, ...]:
+        return tuple(lane.agent for lane in self.lanes)
 
     # -- faust callbacks ----------------------------------------------------------------------
 
@@ -209,36 +287,39 @@ class BatchProcessor(Service):
         # faust has paused fetching; wait for the batch in progress to commit, then forget.
         async with self.lock:
             for tp in revoked:
-                if tp.topic not in self.agent.topics:
+                if tp.topic not in self.readers:
                     continue
                 dropped = self.buffers.pop(tp, [])
                 self.buffered -= len(dropped)
                 if self.metrics is not None:
                     self.metrics.lag.forget([(tp.topic, tp.partition)])
                 self.next_offset.pop(tp, None)
+                self.ingest_clock.pop(tp, None)
                 if tp.partition in self.ready:
                     self.ready.discard(tp.partition)
-                    self.ingest_clock.pop(tp.partition, None)
-                    self.agent.revoke(tp.partition)
+                    for agent in self.agents:
+                        agent.revoke(tp.partition)
             if self.buffered < self.max_batch:
                 self.room.set()
-        log.info(
-            "revoked %s", sorted(tp.partition for tp in revoked if tp.topic in self.agent.topics)
-        )
+        log.info("revoked %s", sorted({tp.partition for tp in revoked if tp.topic in self.readers}))
 
     async def _on_recovered(self) -> None:
         async with self.lock:
-            main = self.agent.topics[0]
-            assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == main}
+            # The inputs are co-partitioned: a partition number is ours for all of them.
+            assigned = {
+                tp.partition for tp in self.app.consumer.assignment() if tp.topic in self.readers
+            }
             for partition in sorted(self.ready - assigned):
                 self.ready.discard(partition)
-                self.agent.revoke(partition)
+                for agent in self.agents:
+                    agent.revoke(partition)
             new = sorted(assigned - self.ready)
             if not new:
                 return
-            self.agent.assign(new, stored_values(self.table))
+            for lane in self.lanes:
+                lane.agent.assign(new, stored_values(lane.table))
             self.ready.update(new)
-        log.info("partitions ready: %s", new, extra={"component": self.agent.name})
+        log.info("partitions ready: %s", new, extra={"component": self.component})
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -289,7 +370,7 @@ class BatchProcessor(Service):
                 except Exception as exc:
                     log.exception(
                         "batch failed; stopping the worker so that its partitions move on",
-                        extra={"component": self.agent.name},
+                        extra={"component": self.component},
                     )
                     await self.crash(exc)
                     return
@@ -306,7 +387,7 @@ class BatchProcessor(Service):
     async def _offsets(self) -> tuple[dict[tuple[str, int], int | None], dict[Any, int | None]]:
         """End offsets (read_committed: the last stable ones) and positions of our partitions."""
         consumer = self.app.consumer
-        assigned = [tp for tp in consumer.assignment() if tp.topic in self.agent.topics]
+        assigned = [tp for tp in consumer.assignment() if tp.topic in self.readers]
         if not assigned:
             return {}, {}
         ends = await consumer.highwaters(*assigned)
@@ -323,7 +404,6 @@ class BatchProcessor(Service):
         taken = self.buffered
         self.buffered = 0
         self.room.set()
-        agent = self.agent
         offsets: dict[TP, int] = {}
         started = time.perf_counter()
         for tp, messages in buffers.items():
@@ -335,20 +415,25 @@ class BatchProcessor(Service):
                 self.buffered += len(messages)
                 continue
             records = [KafkaRecord.of(m) for m in messages]
-            agent.process(partition, records)
+            for agent in self.readers[tp.topic]:
+                agent.process(partition, records)
             offsets[tp] = records[-1].offset + 1
-            if tp.topic == agent.topics[0]:
-                latest = max(r.timestamp_ms for r in records)
-                self.ingest_clock[partition] = max(self.ingest_clock.get(partition, 0), latest)
+            latest = max(r.timestamp_ms for r in records)
+            self.ingest_clock[tp] = max(self.ingest_clock.get(tp, 0), latest)
         self.next_offset.update(offsets)
         now_ms = int(time.time() * 1000)
+        clocks: dict[TP, int | None] = {}
         for partition in sorted(self.ready):
-            wall = await self._partition_clock(partition, now_ms)
-            if wall is not None:
-                agent.advance(partition, wall)
-        result = agent.take_result()
-        if offsets or result.produce or any(result.changelog.values()):
-            await self._commit_retrying(result, offsets)
+            for agent in self.agents:
+                main = TP(agent.topics[0], partition)
+                if main not in clocks:
+                    clocks[main] = await self._partition_clock(main, now_ms)
+                wall = clocks[main]
+                if wall is not None:
+                    agent.advance(partition, wall)
+        results = [(lane, lane.agent.take_result()) for lane in self.lanes]
+        if offsets or any(r.produce or any(r.changelog.values()) for _, r in results):
+            await self._commit_retrying(results, offsets)
         if self.metrics is not None:
             for tp in offsets:
                 waiting = self.buffers.get(tp)
@@ -358,17 +443,17 @@ class BatchProcessor(Service):
         elapsed = time.perf_counter() - started
         self.batches += 1
         if self.metrics is not None:
-            self.metrics.observe_batch(taken, elapsed, result)
+            self.metrics.observe_batch(taken, elapsed, merge_results(r for _, r in results))
         if offsets:
             self.health.progress()
 
-    async def _partition_clock(self, partition: int, now_ms: int) -> int | None:
-        """Wall time up to which the partition's input is known: now, once caught up.
+    async def _partition_clock(self, tp: TP, now_ms: int) -> int | None:
+        """Wall time up to which the input partition ``tp`` (an agent's first topic) is known:
+        now, once caught up.
 
         While a backlog is processed, a lamp's silence is only as long as the records say:
         firing deadlines on the wall clock then would raise falls that the backlog disproves.
         """
-        tp = TP(self.agent.topics[0], partition)
         consumer = self.app.consumer
         try:
             highwater = consumer.highwater(tp)
@@ -383,10 +468,12 @@ class BatchProcessor(Service):
         caught_up = highwater is not None and position is not None and position >= highwater
         if caught_up and not self.buffers.get(tp):
             return now_ms
-        log.debug("partition %d behind: position %s, highwater %s", partition, position, highwater)
-        return self.ingest_clock.get(partition)
+        log.debug("%s behind: position %s, highwater %s", tp, position, highwater)
+        return self.ingest_clock.get(tp)
 
-    async def _commit_retrying(self, result: BatchResult, offsets: Mapping[TP, int]) -> None:
+    async def _commit_retrying(
+        self, results: Sequence[tuple[Lane, BatchResult]], offsets: Mapping[TP, int]
+    ) -> None:
         """Commit the batch; a Kafka error (a partition without a leader for a while, the
         broker restarting) aborts the transaction and sends the same outputs again in a new
         one, from a fresh producer, for as long as Kafka may take to come back
@@ -404,7 +491,7 @@ class BatchProcessor(Service):
             try:
                 if self.producer is None:
                     await self._start_producer()
-                await self._commit(result, offsets)
+                await self._commit(results, offsets)
                 if self.health.problems:
                     self.health.ok("kafka")
                 return
@@ -420,7 +507,7 @@ class BatchProcessor(Service):
                 log.warning(
                     "transaction fenced after the Kafka outage (%s); sending the batch again",
                     exc,
-                    extra={"component": self.agent.name},
+                    extra={"component": self.component},
                 )
                 await self._drop_producer()
             except KafkaError as exc:
@@ -434,7 +521,7 @@ class BatchProcessor(Service):
                     exc,
                     delay,
                     attempt,
-                    extra={"component": self.agent.name, "throttle": True},
+                    extra={"component": self.component, "throttle": True},
                 )
                 await asyncio.sleep(delay)
                 await self._drop_producer()
@@ -458,8 +545,11 @@ class BatchProcessor(Service):
         sent.append(await producer.send_batch(batch, topic, partition=partition))
         return sent
 
-    async def _commit(self, result: BatchResult, offsets: Mapping[TP, int]) -> None:
-        """One transaction: the outputs, the changelog and the consumer offsets of a batch.
+    async def _commit(
+        self, results: Sequence[tuple[Lane, BatchResult]], offsets: Mapping[TP, int]
+    ) -> None:
+        """One transaction: every agent's outputs and changelog, and the consumer offsets of a
+        batch (one per input partition, whichever agents read it).
 
         aiokafka's public transaction calls (``begin_transaction``, ``send_offsets_to_transaction``,
         ``commit_transaction``, ``abort_transaction``), not its ``transaction()`` context: that
@@ -472,22 +562,24 @@ class BatchProcessor(Service):
         from aiokafka.errors import ProducerFenced
 
         producer = self.producer
-        changelog_topic = self.table.changelog_topic.get_topic_name()
         began = time.perf_counter()
         await producer.begin_transaction()
         open_transaction = True
         logged: list[tuple[Produce, asyncio.Future[Any]]] = []
         deliveries: list[asyncio.Future[Any]] = []
         try:
-            for item in result.produce:
-                sent = await producer.send(
-                    item.topic, item.value, key=item.key, headers=item.headers
-                )
-                deliveries.append(sent)
-                if item.log is not None:
-                    logged.append((item, sent))
-            for partition, items in result.changelog.items():
-                deliveries += await self._send_changelog(changelog_topic, partition, items)
+            for lane, result in results:
+                for item in result.produce:
+                    sent = await producer.send(
+                        item.topic, item.value, key=item.key, headers=item.headers
+                    )
+                    deliveries.append(sent)
+                    if item.log is not None:
+                        logged.append((item, sent))
+                changelog_topic = lane.table.changelog_topic.get_topic_name()
+                for partition, items in result.changelog.items():
+                    if items:
+                        deliveries += await self._send_changelog(changelog_topic, partition, items)
             if offsets:
                 await producer.send_offsets_to_transaction(
                     {TopicPartition(tp.topic, tp.partition): o for tp, o in offsets.items()},
@@ -509,10 +601,13 @@ class BatchProcessor(Service):
                 except Exception:  # the next producer's start aborts it in any case
                     log.exception("abort failed", extra={"throttle": True})
             raise
-        # The table mirrors the committed state: standbys and the next recovery read the same.
-        mirror_committed(self.table, result.changelog.values())
+        # Each table mirrors the committed state: standbys and the next recovery read the same.
+        for lane, result in results:
+            mirror_committed(lane.table, result.changelog.values())
         if self.metrics is not None:
-            self.metrics.observe_commit(time.perf_counter() - began, result)
+            self.metrics.observe_commit(
+                time.perf_counter() - began, merge_results(r for _, r in results)
+            )
         await _log_committed(logged)
 
 

@@ -1,11 +1,12 @@
 """``veilleuse worker``: one faust worker running a set of registered agents (all by default).
 
-Each agent (:mod:`agents.registry`) gets its own :class:`BatchProcessor`, table and
-transactional producer in the one faust app; they share its consumer group, so two agents of
-one worker must not read the same topic (their offsets would be one group's): run those in
-workers of their own. Several workers with the same ``detection.app_id`` split the partitions
-between them; each needs its own ``detection.instance_id`` (its transactional id), which a
-StatefulSet's pod name gives for free.
+Each agent (:mod:`agents.registry`) keeps its own table (its own changelog topic); one
+:class:`BatchProcessor` drives them all in the one faust app and consumer group: a batch of an
+input partition goes to every agent reading that topic (several may read the same one), and
+what all of them made of it (outputs, changelogs) is committed with the input offsets in one
+Kafka transaction of the worker's one transactional producer. Several workers with the same
+``detection.app_id`` split the partitions between them; each needs its own
+``detection.instance_id`` (its transactional id), which a StatefulSet's pod name gives for free.
 """
 
 from __future__ import annotations
@@ -19,27 +20,33 @@ from typing import Any
 from agents.api import AgentSpec, wall_clock_ms
 from agents.registry import agent_settings, check_agent_sections, installed_agents, select_agents
 from agents.runtime.live import LiveStateServer
-from agents.runtime.streaming import BatchProcessor, StreamingApp, faust_broker_options
+from agents.runtime.streaming import (
+    AgentCounters,
+    BatchProcessor,
+    Lane,
+    StreamingApp,
+    faust_broker_options,
+)
 from pipeline.errors import ConfigurationError
 from pipeline.metrics import WorkerMetrics
 from pipeline.settings import Settings
-from pipeline.topics import topic_name
 
 log = logging.getLogger(__name__)
 
 
-def check_disjoint_inputs(settings: Settings, agents: Iterable[AgentSpec]) -> None:
-    """Agents of one worker share its consumer group: each topic may feed only one of them."""
-    readers: dict[str, str] = {}
+def check_distinct_tables(settings: Settings, agents: Iterable[AgentSpec]) -> None:
+    """Each agent of a worker keeps its own table: a table (its changelog topic) shared by two
+    agents would mix their states. (Agents may share input topics: the worker reads each once
+    and feeds it to all of them.)"""
+    owners: dict[str, str] = {}
     for spec in agents:
-        for topic in spec.reads:
-            name = topic_name(settings, topic)
-            if name in readers:
-                raise ConfigurationError(
-                    f"agents {readers[name]} and {spec.name} both read {name}: run them in "
-                    "separate workers (`veilleuse worker --agents ...`)"
-                )
-            readers[name] = spec.name
+        name = spec.table.name
+        if name in owners:
+            raise ConfigurationError(
+                f"agents {owners[name]} and {spec.name} both keep table {name} "
+                f"({settings.detection.app_id}-{name}-changelog): give each its own"
+            )
+        owners[name] = spec.name
 
 
 def build_app(
@@ -52,7 +59,7 @@ def build_app(
     """The faust app running ``agents`` (names; all registered ones if None)."""
     specs = select_agents(agents)
     check_agent_sections(settings, installed_agents().values())
-    check_disjoint_inputs(settings, specs)
+    check_distinct_tables(settings, specs)
     detection, kafka = settings.detection, settings.kafka
     instance = instance_id or detection.instance_id
     app = StreamingApp(
@@ -77,7 +84,7 @@ def build_app(
         table_key_serializer="raw",
         table_value_serializer="raw",
     )
-    processors: list[BatchProcessor] = []
+    lanes: list[Lane] = []
     for spec in specs:
         agent = spec.build(settings, agent_settings(spec, settings), wall_clock_ms)
         table = app.Table(
@@ -89,17 +96,16 @@ def build_app(
             extra_topic_configs={"segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"},
             help=spec.table.help,
         )
-        # One metrics registry per process: the first agent's batches feed it.
-        metrics = WorkerMetrics(agent) if detection.metrics_port and not processors else None
-        processor = BatchProcessor(
-            app, settings, agent, table, instance_id=instance, metrics=metrics
-        )
-        app.add_dependency(processor)
-        processors.append(processor)
+        lanes.append(Lane(agent, table))
         if spec.live is not None and detection.live_port:
             activity, partitions = spec.live(agent)
             app.add_dependency(LiveStateServer(settings, activity, partitions))
-    return app, processors
+    # One metrics registry per process, fed by every agent's batches.
+    agents_seen = [lane.agent for lane in lanes]
+    metrics = WorkerMetrics(AgentCounters(agents_seen)) if detection.metrics_port else None
+    processor = BatchProcessor(app, settings, lanes, instance_id=instance, metrics=metrics)
+    app.add_dependency(processor)
+    return app, [processor]
 
 
 def run_worker(
@@ -126,8 +132,9 @@ def run_worker(
     without_spinner(worker)  # faust draws its terminal spinner even into a log file
     configure_logging(settings, "worker")
     log.info(
-        "worker %s starting (%s)",
+        "worker %s starting agents %s (transactional id %s)",
         processor.instance_id,
+        ", ".join(lane.agent.name for each in processors for lane in each.lanes),
         ", ".join(each.transactional_id for each in processors),
         extra={"component": "worker"},
     )

@@ -104,6 +104,16 @@ async def acknowledge(
 ) -> Ack:
     """Acknowledge an alert (staff of its site, or admin). Idempotent: the first
     acknowledgement is kept and returned again."""
+    return await record_acknowledgement(
+        ctx, caller, alert_id, (body.by if body and body.by else None) or caller.name, via="api"
+    )
+
+
+async def record_acknowledgement(
+    ctx: Context, caller: Principal, alert_id: str, by: str, via: str
+) -> Ack:
+    """The one acknowledgement path (the API's route and the console's form): alerts.acks.v1,
+    then the alert's life; ``via`` says which door it came through."""
     if not caller.may_acknowledge:
         raise HTTPException(403, f"token {caller.name!r} ({caller.role}) cannot acknowledge")
     row = await visible_alert(ctx, caller, alert_id)
@@ -111,7 +121,6 @@ async def acknowledge(
     if existing:
         ctx.metrics.acks.labels("false").inc()
         return Ack(alert_id=alert_id, **existing[0], first=False)
-    by = (body.by if body and body.by else None) or caller.name
     at = datetime.now(UTC)
     # Kafka first: the workers close the incident and the notifier stops its reminders
     # only from alerts.acks.v1. Recorded in PostgreSQL after, so that a 503 leaves no
@@ -126,7 +135,7 @@ async def acknowledge(
         },
     )
     await ctx.services.publish_ack(row["lamp_id"], value)
-    details = Jsonb({"acknowledged_by": by, "token": caller.name, "via": "api"})
+    details = Jsonb({"acknowledged_by": by, "token": caller.name, "via": via})
     async with ctx.services.pool.connection() as conn:
         params = {"alert_id": alert_id, "at": at, "details": details}
         first = await (await conn.execute(queries.RECORD_ACK, params)).fetchone() is not None

@@ -1,15 +1,17 @@
-"""The PostgreSQL sink: activity.hourly.v1 and alerts.v1 into tables, exactly once in effect.
+"""The PostgreSQL sink: activity.hourly.v1, activity.nightly.v1 and alerts.v1 into tables,
+exactly once in effect.
 
 Each batch is one transaction: the rows (``activity_hourly`` upserted per lamp and hour,
-``activity_daily`` recomputed for every lamp and day the batch touched, ``alerts`` and its
-``alert_events``, ``lamps``) and the Kafka offsets the batch covers (``sink_offsets``). The runner
-resumes each partition from those offsets; and since the transaction first locks the
-partitions' offset rows and drops the records they already cover, a batch read twice (a crash
-between the database commit and the Kafka commit, a rebalance, a zombie instance) is written
-once. See docs/postgres.md.
+``activity_daily`` recomputed for every lamp and day the batch touched, ``night_summaries``
+upserted per lamp and night, ``alerts`` and its ``alert_events``, ``lamps``) and the Kafka
+offsets the batch covers (``sink_offsets``). The runner resumes each partition from those
+offsets; and since the transaction first locks the partitions' offset rows and drops the records
+they already cover, a batch read twice (a crash between the database commit and the Kafka
+commit, a rebalance, a zombie instance) is written once. See docs/postgres.md.
 
 The mapping from records to rows (:func:`decode_batch`, :func:`latest_activity`,
-:func:`lamp_facts`, :func:`daily_keys`, :func:`first_steps`, :func:`alert_upserts`) is pure.
+:func:`latest_nights`, :func:`lamp_facts`, :func:`daily_keys`, :func:`first_steps`,
+:func:`alert_upserts`) is pure.
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ from connectors.sinks.runner import Batch, Rejected, SinkError, StoreUnavailable
 from pipeline import migrations
 from pipeline.records import KafkaRecord
 from pipeline.settings import Settings
-from pipeline.topics import ACTIVITY_HOURLY, ALERTS, topic_name
+from pipeline.topics import ACTIVITY_HOURLY, ACTIVITY_NIGHTLY, ALERTS, topic_name
 from schemas import SchemaError, alert_kind, decode, millis
 
 log = logging.getLogger(__name__)
 
 ACTIVITY_SCHEMA = "activity_hourly.v1"
 ALERT_SCHEMA = "alert.v1"
+NIGHT_SCHEMA = "night_summary.v1"
 HOUR_MS = 3_600_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MILLISECOND = timedelta(milliseconds=1)
@@ -119,7 +122,51 @@ class AlertStep:
     source_offset: int
 
 
-Row = ActivityRow | AlertStep
+@dataclass(frozen=True, slots=True)
+class NightRow:
+    """One activity.nightly.v1 record (``night_summary.v1``), as a row of ``night_summaries``."""
+
+    lamp_id: str
+    night_of: date
+    site_id: str
+    time_zone: str
+    night_start: datetime
+    night_end: datetime
+    night_minutes: int
+    covered_minutes: int
+    messages: int
+    minutes_in_bed: int
+    minutes_out_of_bed: int
+    bed_exits: int
+    bathroom_visits: int
+    room_exits: int
+    restless_motion_events: int
+    restlessness_per_hour: float | None
+    longest_still_minutes: int
+    latest_return_to_bed: datetime | None
+    latest_return_to_bed_local: str | None
+    emitted_at: datetime
+    source_partition: int
+    source_offset: int
+
+
+# night_summaries' columns, in NightRow's order.
+NIGHT_COLUMNS: tuple[str, ...] = tuple(NightRow.__slots__)
+NIGHT_COUNTS = (
+    "night_minutes",
+    "covered_minutes",
+    "messages",
+    "minutes_in_bed",
+    "minutes_out_of_bed",
+    "bed_exits",
+    "bathroom_visits",
+    "room_exits",
+    "restless_motion_events",
+    "longest_still_minutes",
+)
+
+
+Row = ActivityRow | AlertStep | NightRow
 
 
 @dataclass
@@ -182,6 +229,47 @@ def activity_row(record: KafkaRecord, data: dict[str, Any]) -> ActivityRow:
     )
 
 
+def night_row(record: KafkaRecord, data: dict[str, Any]) -> NightRow:
+    for name in NIGHT_COUNTS:
+        if int(data[name]) < 0:
+            raise RowError("invalid", f"{name} is negative ({data[name]})")
+    night_of = data["night_of"]
+    if not isinstance(night_of, date):  # fastavro gives the date logical type as a date
+        raise RowError("invalid", f"night_of is not a date ({night_of!r})")
+    start, end = instant(data["night_start"]), instant(data["night_end"])
+    if end <= start:
+        raise RowError("invalid", f"night_end {end.isoformat()} is not after night_start")
+    returned = data.get("latest_return_to_bed")
+    local = data.get("latest_return_to_bed_local")
+    restless = data.get("restlessness_per_hour")
+    return NightRow(
+        lamp_id=_text("lamp_id", data["lamp_id"]),
+        night_of=night_of,
+        site_id=_text("site_id", data["site_id"]),
+        time_zone=_text("time_zone", data["time_zone"]),
+        night_start=start,
+        night_end=end,
+        night_minutes=int(data["night_minutes"]),
+        covered_minutes=int(data["covered_minutes"]),
+        messages=int(data["messages"]),
+        minutes_in_bed=int(data["minutes_in_bed"]),
+        minutes_out_of_bed=int(data["minutes_out_of_bed"]),
+        bed_exits=int(data["bed_exits"]),
+        bathroom_visits=int(data["bathroom_visits"]),
+        room_exits=int(data["room_exits"]),
+        restless_motion_events=int(data["restless_motion_events"]),
+        restlessness_per_hour=None if restless is None else float(restless),
+        longest_still_minutes=int(data["longest_still_minutes"]),
+        latest_return_to_bed=None if returned is None else instant(returned),
+        latest_return_to_bed_local=(
+            None if local is None else _text("latest_return_to_bed_local", local)
+        ),
+        emitted_at=instant(data["emitted_at"]),
+        source_partition=record.partition,
+        source_offset=record.offset,
+    )
+
+
 def alert_step(record: KafkaRecord, data: dict[str, Any]) -> AlertStep:
     details = data.get("details") or {}
     for key, value in details.items():
@@ -220,6 +308,8 @@ def to_row(record: KafkaRecord, expected: dict[str, str]) -> Row:
     try:
         if writer.name == ACTIVITY_SCHEMA:
             return activity_row(record, data)
+        if writer.name == NIGHT_SCHEMA:
+            return night_row(record, data)
         return alert_step(record, data)
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         if isinstance(exc, RowError):
@@ -243,6 +333,18 @@ def latest_activity(rows: Iterable[ActivityRow]) -> list[ActivityRow]:
     latest: dict[tuple[str, datetime], ActivityRow] = {}
     for row in rows:
         latest[(row.lamp_id, row.hour_start)] = row
+    return list(latest.values())
+
+
+def latest_nights(rows: Iterable[NightRow]) -> list[NightRow]:
+    """Per (lamp, night), the record emitted last (same emitted_at: the later offset, a copy);
+    the database keeps a stored night unless a record was emitted after it."""
+    latest: dict[tuple[str, date], NightRow] = {}
+    for row in rows:
+        key = (row.lamp_id, row.night_of)
+        seen = latest.get(key)
+        if seen is None or row.emitted_at >= seen.emitted_at:
+            latest[key] = row
     return list(latest.values())
 
 
@@ -516,6 +618,60 @@ FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::in
 ON CONFLICT (alert_id, step, occurrence) DO NOTHING
 """.format(emitted_at=ts("k.emitted_at"))
 
+# A night is replaced only by a record emitted after the stored one: a copy redelivered after a
+# crash (same emitted_at) or a stale one changes nothing (docs/postgres.md).
+UPSERT_NIGHTS = """
+INSERT INTO night_summaries AS n (
+    lamp_id, night_of, site_id, time_zone, night_start, night_end, night_minutes,
+    covered_minutes, messages, minutes_in_bed, minutes_out_of_bed, bed_exits, bathroom_visits,
+    room_exits, restless_motion_events, restlessness_per_hour, longest_still_minutes,
+    latest_return_to_bed, latest_return_to_bed_local, emitted_at, source_partition,
+    source_offset)
+SELECT k.lamp_id, k.night_of, k.site_id, k.time_zone, {night_start}, {night_end},
+       k.night_minutes, k.covered_minutes, k.messages, k.minutes_in_bed, k.minutes_out_of_bed,
+       k.bed_exits, k.bathroom_visits, k.room_exits, k.restless_motion_events,
+       k.restlessness_per_hour, k.longest_still_minutes, {latest_return_to_bed},
+       k.latest_return_to_bed_local, {emitted_at}, k.source_partition, k.source_offset
+FROM unnest(
+    %s::text[], %s::text[]::date[], %s::text[], %s::text[], %s::bigint[], %s::bigint[],
+    %s::int[], %s::int[], %s::int[], %s::int[], %s::int[], %s::int[], %s::int[], %s::int[],
+    %s::int[], %s::float8[], %s::int[], %s::bigint[], %s::text[], %s::bigint[], %s::int[],
+    %s::bigint[])
+    AS k (lamp_id, night_of, site_id, time_zone, night_start, night_end, night_minutes,
+          covered_minutes, messages, minutes_in_bed, minutes_out_of_bed, bed_exits,
+          bathroom_visits, room_exits, restless_motion_events, restlessness_per_hour,
+          longest_still_minutes, latest_return_to_bed, latest_return_to_bed_local, emitted_at,
+          source_partition, source_offset)
+ON CONFLICT (lamp_id, night_of) DO UPDATE SET
+    site_id = EXCLUDED.site_id,
+    time_zone = EXCLUDED.time_zone,
+    night_start = EXCLUDED.night_start,
+    night_end = EXCLUDED.night_end,
+    night_minutes = EXCLUDED.night_minutes,
+    covered_minutes = EXCLUDED.covered_minutes,
+    messages = EXCLUDED.messages,
+    minutes_in_bed = EXCLUDED.minutes_in_bed,
+    minutes_out_of_bed = EXCLUDED.minutes_out_of_bed,
+    bed_exits = EXCLUDED.bed_exits,
+    bathroom_visits = EXCLUDED.bathroom_visits,
+    room_exits = EXCLUDED.room_exits,
+    restless_motion_events = EXCLUDED.restless_motion_events,
+    restlessness_per_hour = EXCLUDED.restlessness_per_hour,
+    longest_still_minutes = EXCLUDED.longest_still_minutes,
+    latest_return_to_bed = EXCLUDED.latest_return_to_bed,
+    latest_return_to_bed_local = EXCLUDED.latest_return_to_bed_local,
+    emitted_at = EXCLUDED.emitted_at,
+    source_partition = EXCLUDED.source_partition,
+    source_offset = EXCLUDED.source_offset,
+    written_at = now()
+WHERE EXCLUDED.emitted_at > n.emitted_at
+""".format(
+    night_start=ts("k.night_start"),
+    night_end=ts("k.night_end"),
+    latest_return_to_bed=ts("k.latest_return_to_bed"),
+    emitted_at=ts("k.emitted_at"),
+)
+
 INSERT_LAMPS_FROM_ALERTS = """
 INSERT INTO lamps (lamp_id, site_id)
 SELECT * FROM unnest(%s::text[], %s::text[])
@@ -574,6 +730,12 @@ async def write_rows(cur: AsyncCursor[Any], rows: Sequence[Row]) -> None:
     """Write ``rows`` (in their partitions' order) to every table they concern."""
     activity = [row for row in rows if isinstance(row, ActivityRow)]
     steps = [row for row in rows if isinstance(row, AlertStep)]
+    nights = [row for row in rows if isinstance(row, NightRow)]
+    if nights:
+        latest_night = latest_nights(nights)
+        params = columns(latest_night, NIGHT_COLUMNS)
+        params[1] = [day.isoformat() for day in params[1]]  # night_of: dates as text
+        await cur.execute(UPSERT_NIGHTS, params)
     if activity:
         latest = latest_activity(activity)
         await cur.execute(UPSERT_HOURLY, columns(latest, ACTIVITY_COLUMNS))
@@ -657,8 +819,9 @@ class PostgresSink:
             statement_timeout_s = settings.sink.postgres_statement_timeout_s
 
         activity, alerts = topic_name(settings, ACTIVITY_HOURLY), topic_name(settings, ALERTS)
-        self.topics: tuple[str, ...] = (activity, alerts)
-        self.expected = {activity: ACTIVITY_SCHEMA, alerts: ALERT_SCHEMA}
+        nightly = topic_name(settings, ACTIVITY_NIGHTLY)
+        self.topics: tuple[str, ...] = (activity, alerts, nightly)
+        self.expected = {activity: ACTIVITY_SCHEMA, alerts: ALERT_SCHEMA, nightly: NIGHT_SCHEMA}
         # The SinkRunner's default group: offsets are kept per group, as Kafka would.
         self.consumer_group = (
             consumer_group or f"{settings.kafka.topic_prefix}veilleuse-sink-{self.name}"

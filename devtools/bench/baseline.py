@@ -30,6 +30,8 @@ from typing import Any
 
 import orjson
 
+from agents.rules import rule_settings
+from agents.rules.fall import FallSettings
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -140,10 +142,9 @@ class Baseline:
         self.sites = sites
         self.index = index
         self.client_id = client_id
+        fall = rule_settings(settings, FallSettings)
         self.rule = FallCheck(
-            settings.detection.fall_min_confidence,
-            int(settings.detection.fall_confirm_s * 1000),
-            settings.detection.staff_min_persons,
+            fall.min_confidence, int(fall.confirm_s * 1000), fall.staff_min_persons
         )
         self.processed = 0
         self.stopping = False

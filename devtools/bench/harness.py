@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents.rules import rule_settings
+from agents.rules.fall import FallSettings
 from devtools.bench import stats
 from devtools.bench.load import PER_LAMP_RATE, StepSpec, publish_step
 from devtools.bench.probes import AlertTail, Offsets, machine, ready_at
@@ -246,7 +248,7 @@ async def play_step(  # noqa: PLR0917 - one call site, every argument named ther
 ) -> stats.StepResult:
     """Publish one step of load at ``rate``; sample the backlog; collect the fall latencies."""
     options = run.options
-    confirm_s = run.settings.detection.fall_confirm_s
+    confirm_s = rule_settings(run.settings, FallSettings).confirm_s
     broker = run.settings.mqtt.brokers[0].model_dump(mode="json")
     k = max(min(options.publishers, len(run.fleet)), 1)
     specs = [
@@ -421,7 +423,8 @@ async def run_pipeline(run: Run, report: BenchReport, echo: Callable[[str], None
                 return min(worker, sink)
 
             async def alerted(falls: list[tuple[str, int]]) -> dict[str, float]:
-                return await fall_latencies(alerts, falls, run.settings.detection.fall_confirm_s)
+                confirm_s = rule_settings(run.settings, FallSettings).confirm_s
+                return await fall_latencies(alerts, falls, confirm_s)
 
             pick = rates_to_play(run.options, run.options.start_rate)
             pool = list(run.fall_pool)

@@ -8,8 +8,9 @@ lamp of the fleet publishes what the protocol says a lamp publishes, in its prop
 stands for ``rate / PER_LAMP_RATE`` lamps at protocol rates.
 
 Fall lamps are provisioned apart from the fleet: each sends one ``fall_suspected``
-(confidence 0.9) and then nothing more, so its fall alert is due ``fall_confirm_s`` later
-(rules 1 and 6): the latency measured is from that deadline to the alert.
+(confidence 0.9) and then nothing more, so its fall alert is due the fall rule's ``confirm_s``
+(``VEILLEUSE_RULES__FALL__CONFIRM_S``) later (rules 1 and 6): the latency measured is from that
+deadline to the alert.
 """
 
 from __future__ import annotations

@@ -42,12 +42,19 @@ import psycopg
 from pipeline import clients, migrations
 from pipeline.ports import free_port
 from pipeline.settings import Settings, load_settings
-from pipeline.topics import ACTIVITY_HOURLY, ALERTS, SINK_DLQ, ensure_topics, topic_name
+from pipeline.topics import (
+    ACTIVITY_HOURLY,
+    ACTIVITY_NIGHTLY,
+    ALERTS,
+    SINK_DLQ,
+    ensure_topics,
+    topic_name,
+)
 from schemas import encode, schema
 
 HOUR_MS = 3_600_000
 START_MS = 1_764_201_600_000  # 2025-11-27 00:00 UTC
-SPECS = (ACTIVITY_HOURLY, ALERTS, SINK_DLQ)
+SPECS = (ACTIVITY_HOURLY, ALERTS, ACTIVITY_NIGHTLY, SINK_DLQ)  # every topic the sink reads
 
 
 def scoped(settings: Settings, prefix: str, database: str) -> Settings:

@@ -28,7 +28,8 @@ API (stable)::
 - Protocol rates: postures every 5 s while someone is seen, motion, temperature and heartbeat
   every 60 s: about 0.13 messages/s per lamp over a day (``tests/unit/devtools/simulator``
   measures it).
-- ``presets.demo_config`` is the demo's nursing home; ``presets.accelerated`` its thresholds.
+- ``presets.demo_config`` is the demo's nursing home; ``presets.accelerated`` its thresholds,
+  ``presets.worker_env`` the variables that give the workers the same.
 """
 
 from devtools.simulator.generator import SimConfig, Simulation
@@ -42,7 +43,7 @@ from devtools.simulator.model import (
     Message,
     NonIncident,
 )
-from devtools.simulator.presets import accelerated, demo_config, detection_env
+from devtools.simulator.presets import accelerated, demo_config, worker_env
 
 __all__ = [
     "CRITICAL_KINDS",
@@ -57,5 +58,5 @@ __all__ = [
     "Simulation",
     "accelerated",
     "demo_config",
-    "detection_env",
+    "worker_env",
 ]

@@ -12,6 +12,7 @@ from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -56,6 +57,8 @@ class SimConfig:
     duration_s: float = 600.0
     observe_s: float = 10.0  # how long after the end alerts are still read (trailing gaps)
     detection: DetectionSettings = field(default_factory=DetectionSettings)
+    # The rules' thresholds, as the workers' VEILLEUSE_RULES__<RULE>__<FIELD> give them.
+    rules: dict[str, dict[str, Any]] = field(default_factory=dict)
     telemetry_period_s: float = 60.0
     posture_period_s: float = 5.0
     life_speed: float = 1.0
@@ -77,7 +80,7 @@ class SimConfig:
 
     @property
     def thresholds(self) -> Thresholds:
-        return Thresholds.of(self.detection, self.telemetry_period_s)
+        return Thresholds.of(self.detection, self.rules, self.telemetry_period_s)
 
     def site_id(self, site: int) -> str:
         return f"{self.site_prefix}-{site:03d}"

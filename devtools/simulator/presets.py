@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
+from agents.rules import rule_settings
+from agents.rules.environment import EnvironmentSettings
+from agents.rules.fall import FallSettings
+from agents.rules.lamp_offline import LampOfflineSettings
 from devtools.simulator.generator import SimConfig
 from pipeline.settings import DetectionSettings
+
+RuleSections = dict[str, dict[str, Any]]
 
 # The demo's nursing home: one room per line, (lamp index, script, start s). Every script of
 # scenarios.SCRIPTS appears; rooms 14 and 15 only live their day (and get the junk).
@@ -36,29 +44,42 @@ DEMO_JUNK: tuple[tuple[int, str, float], ...] = tuple(
 )  # fmt: skip
 
 
-def accelerated(detection: DetectionSettings, factor: float) -> DetectionSettings:
-    """The slow rules ``factor`` times faster, the critical ones unchanged.
+def accelerated(
+    detection: DetectionSettings, rules: Mapping[str, Mapping[str, Any]], factor: float
+) -> tuple[DetectionSettings, RuleSections]:
+    """The slow rules ``factor`` times faster, the critical ones unchanged: the workers'
+    ``detection`` settings and the rules' sections (``VEILLEUSE_RULES__*``), both scaled.
 
     Falls, long lies and help requests keep their real 30 s / 60 s / 30 s: ``ts`` follows wall
     time and the workers' per-lamp clocks are learnt from it, so event time cannot run faster
     than the wall without breaking rule 6. What is compressed is the waiting: the environment
-    rule's 10-minute window (and its hop and grace), the offline rule's 5 minutes, and the
-    telemetry period the simulated lamps use (so a window still gets its readings).
+    rule's 10-minute window (and its hop, and the windows' grace), the offline rule's 5
+    minutes, and the telemetry period the simulated lamps use (so a window still gets its
+    readings). The scaled sections are validated by the rules' models: a factor that leaves a
+    window of a fraction of a second is refused here, as a worker would refuse it.
     """
-    return detection.model_copy(
-        update={
-            "environment_window_s": detection.environment_window_s / factor,
-            "environment_step_s": detection.environment_step_s / factor,
-            "window_grace_s": detection.window_grace_s / factor,
-            "offline_after_s": detection.offline_after_s / factor,
-        }
-    )
+    environment = rule_settings(rules, EnvironmentSettings)
+    offline = rule_settings(rules, LampOfflineSettings)
+    scaled = {name: dict(section) for name, section in rules.items()}
+    scaled["environment"] = environment.model_dump() | {
+        "window_s": environment.window_s / factor,
+        "step_s": environment.step_s / factor,
+    }
+    scaled["lamp_offline"] = offline.model_dump() | {
+        "offline_after_s": offline.offline_after_s / factor
+    }
+    # Validated as a worker validates them: 600 / 5 becomes the int 120, 600 / 7 is refused.
+    scaled["environment"] = rule_settings(scaled, EnvironmentSettings).model_dump()
+    scaled["lamp_offline"] = rule_settings(scaled, LampOfflineSettings).model_dump()
+    faster = detection.model_copy(update={"window_grace_s": detection.window_grace_s / factor})
+    return faster, scaled
 
 
 def demo_config(
     start_ms: int, *, seed: int = 7, run: str = "demo", factor: float = 5.0
 ) -> SimConfig:
     """16 rooms of one nursing home, 3.5 minutes of accelerated life, every kind of incident."""
+    detection, rules = accelerated(DetectionSettings(), {}, factor)
     return SimConfig(
         lamps=16,
         sites=1,
@@ -66,7 +87,8 @@ def demo_config(
         start_ms=start_ms,
         duration_s=210.0,
         observe_s=10.0,
-        detection=accelerated(DetectionSettings(), factor),
+        detection=detection,
+        rules=rules,
         telemetry_period_s=60.0 / factor,
         life_speed=240.0,  # a day of activities in 6 minutes
         plan=DEMO_PLAN,
@@ -80,13 +102,22 @@ def demo_config(
     )
 
 
-def detection_env(detection: DetectionSettings) -> dict[str, str]:
-    """The ``VEILLEUSE_DETECTION__*`` variables that give a worker these thresholds."""
-    names = (
-        "fall_confirm_s", "long_lie_s", "offline_after_s", "environment_window_s",
-        "environment_step_s", "window_grace_s",
-    )  # fmt: skip
-    return {f"VEILLEUSE_DETECTION__{n.upper()}": str(getattr(detection, n)) for n in names}
+def worker_env(config: SimConfig) -> dict[str, str]:
+    """The variables that give a worker the thresholds ``config``'s ground truth assumes."""
+    rules = config.rules
+    models = {
+        "fall": (rule_settings(rules, FallSettings), ("confirm_s", "long_lie_s")),
+        "environment": (
+            rule_settings(rules, EnvironmentSettings),
+            ("window_s", "step_s", "high_c"),
+        ),
+        "lamp_offline": (rule_settings(rules, LampOfflineSettings), ("offline_after_s",)),
+    }
+    env = {"VEILLEUSE_DETECTION__WINDOW_GRACE_S": str(config.detection.window_grace_s)}
+    for rule, (values, names) in models.items():
+        for name in names:
+            env[f"VEILLEUSE_RULES__{rule.upper()}__{name.upper()}"] = str(getattr(values, name))
+    return env
 
 
 SHORT_PLAN: tuple[tuple[int, str, float], ...] = (

@@ -9,10 +9,14 @@ between scripts (``ACTIVITIES``); the generator owns message numbering, clocks a
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.rules import rule_settings
+from agents.rules.environment import EnvironmentSettings
+from agents.rules.fall import FallSettings
+from agents.rules.lamp_offline import LampOfflineSettings
 from pipeline.settings import DetectionSettings
 
 # How long after the rule's condition an alert may come and still be on time: the protocol
@@ -51,16 +55,25 @@ class Thresholds:
     posture_period_ms: int = 5_000
 
     @classmethod
-    def of(cls, detection: DetectionSettings, telemetry_period_s: float) -> Thresholds:
+    def of(
+        cls,
+        detection: DetectionSettings,
+        rules: Mapping[str, Mapping[str, Any]],
+        telemetry_period_s: float,
+    ) -> Thresholds:
+        """From the workers' settings: ``detection`` and the rules' sections (``rules``)."""
         ms = detection.ms
+        fall = rule_settings(rules, FallSettings)
+        environment = rule_settings(rules, EnvironmentSettings)
+        offline = rule_settings(rules, LampOfflineSettings)
         return cls(
-            fall_confirm_ms=ms(detection.fall_confirm_s),
-            long_lie_ms=ms(detection.long_lie_s),
-            offline_after_ms=ms(detection.offline_after_s),
-            environment_window_ms=ms(detection.environment_window_s),
-            environment_step_ms=ms(detection.environment_step_s),
+            fall_confirm_ms=ms(fall.confirm_s),
+            long_lie_ms=ms(fall.long_lie_s),
+            offline_after_ms=ms(offline.offline_after_s),
+            environment_window_ms=ms(environment.window_s),
+            environment_step_ms=ms(environment.step_s),
             window_grace_ms=ms(detection.window_grace_s),
-            environment_high_c=detection.environment_high_c,
+            environment_high_c=environment.high_c,
             telemetry_period_ms=round(telemetry_period_s * 1000),
         )
 

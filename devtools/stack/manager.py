@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 
+from devtools.stack.chromium import Chromium
 from devtools.stack.context import StackContext
 from devtools.stack.elasticsearch import Elasticsearch
 from devtools.stack.kafka import Kafka
@@ -19,6 +20,9 @@ from pipeline.settings import Settings
 
 SERVICE_TYPES: tuple[type[Service], ...] = (Kafka, Elasticsearch, Postgres, Redis, Mosquitto)
 SERVICE_NAMES = tuple(cls.name for cls in SERVICE_TYPES)
+# Tools are installed and reported like services, but have no process: `down` leaves them be.
+TOOL_TYPES: tuple[type[Chromium], ...] = (Chromium,)
+TOOL_NAMES = tuple(cls.name for cls in TOOL_TYPES)
 
 
 class State(StrEnum):
@@ -28,6 +32,11 @@ class State(StrEnum):
     STARTING = "starting"  # ours, running, not answering yet
     DOWN = "down"
     STOPPED = "stopped"
+    INSTALLED = "installed"  # a tool (no process): there, and it runs
+
+
+# The states in which a service (or tool) can be used.
+READY = frozenset({State.UP, State.STARTED, State.EXTERNAL, State.INSTALLED})
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,7 @@ class Report:
     def line(self) -> str:
         pid = f" pid={self.pid}" if self.pid else ""
         detail = f"  ({self.detail})" if self.detail else ""
-        return f"{self.service:<14}{self.state.value:<9}{self.url}{pid}{detail}"
+        return f"{self.service:<14}{self.state.value:<10}{self.url}{pid}{detail}"
 
 
 def services(settings: Settings, only: tuple[str, ...] = ()) -> list[Service]:
@@ -50,6 +59,27 @@ def services(settings: Settings, only: tuple[str, ...] = ()) -> list[Service]:
         raise StackError(", ".join(sorted(unknown)), f"unknown service; known: {SERVICE_NAMES}")
     ctx = StackContext(settings)
     return [cls(ctx) for cls in SERVICE_TYPES if not only or cls.name in only]
+
+
+def _chosen(
+    settings: Settings, only: tuple[str, ...]
+) -> tuple[StackContext, list[Service], list[Chromium]]:
+    """The services and tools that ``only`` names (all when empty), sharing one context."""
+    known = SERVICE_NAMES + TOOL_NAMES
+    unknown = set(only) - set(known)
+    if unknown:
+        raise StackError(", ".join(sorted(unknown)), f"unknown service; known: {known}")
+    ctx = StackContext(settings)
+    chosen_services = [cls(ctx) for cls in SERVICE_TYPES if not only or cls.name in only]
+    chosen_tools = [cls(ctx) for cls in TOOL_TYPES if not only or cls.name in only]
+    return ctx, chosen_services, chosen_tools
+
+
+def _tool_status(tool: Chromium) -> Report:
+    version = tool.version()
+    if version is None:
+        return Report(tool.name, State.DOWN, tool.url, "not installed: run `veilleuse stack up`")
+    return Report(tool.name, State.INSTALLED, tool.url, version)
 
 
 def status(settings: Settings, only: tuple[str, ...] = ()) -> list[Report]:
@@ -70,15 +100,17 @@ def status(settings: Settings, only: tuple[str, ...] = ()) -> list[Report]:
             return Report(service.name, State.EXTERNAL, service.url, "not started by veilleuse")
         return Report(service.name, State.DOWN, service.url, detail)
 
+    _, chosen, tools = _chosen(settings, only)
     with ThreadPoolExecutor(len(SERVICE_TYPES)) as pool:
-        return list(pool.map(one, services(settings, only)))
+        reports = list(pool.map(one, chosen))
+    return reports + [_tool_status(tool) for tool in tools]
 
 
 def up(settings: Settings, only: tuple[str, ...] = ()) -> list[Report]:
     """Install what is missing, start what is not running, wait until each answers."""
-    chosen = services(settings, only)
+    ctx, chosen, tools = _chosen(settings, only)
     if chosen:
-        chosen[0].ctx.ensure_layout()
+        ctx.ensure_layout()
     reports: dict[str, Report] = {}
     to_wait: list[Service] = []
     started: dict[str, float] = {}
@@ -103,6 +135,13 @@ def up(settings: Settings, only: tuple[str, ...] = ()) -> list[Report]:
         started[service.name] = time.monotonic()
         to_wait.append(service)
 
+    # Installed while the services warm up (a fresh machine's apt-get takes a minute).
+    for tool in tools:
+        installed = tool.install()
+        version = tool.version() or "?"
+        detail = f"{version}, installed by this command" if installed else version
+        reports[tool.name] = Report(tool.name, State.INSTALLED, tool.url, detail)
+
     deadline = time.monotonic() + settings.stack.start_timeout_s
 
     def wait(service: Service) -> Report:
@@ -116,13 +155,14 @@ def up(settings: Settings, only: tuple[str, ...] = ()) -> list[Report]:
     with ThreadPoolExecutor(max(1, len(to_wait))) as pool:
         for report in pool.map(wait, to_wait):
             reports[report.service] = report
-    return [reports[s.name] for s in chosen]
+    return [reports[s.name] for s in chosen] + [reports[t.name] for t in tools]
 
 
 def down(settings: Settings, only: tuple[str, ...] = ()) -> list[Report]:
     """Stop what we started (and only that), in reverse order of start-up."""
+    _, chosen, _ = _chosen(settings, only)  # tools: nothing to stop
     reports = []
-    for service in reversed(services(settings, only)):
+    for service in reversed(chosen):
         was_ours = service.stop()
         state = State.STOPPED if was_ours else State.DOWN
         detail = "" if was_ours else "was not running under veilleuse"

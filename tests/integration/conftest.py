@@ -41,9 +41,7 @@ def require(stack_status: dict[str, manager.Report]):  # type: ignore[no-untyped
 
     def check(*names: str) -> None:
         down = [
-            stack_status[name]
-            for name in names
-            if stack_status[name].state not in (manager.State.UP, manager.State.EXTERNAL)
+            stack_status[name] for name in names if stack_status[name].state not in manager.READY
         ]
         if not down:
             return

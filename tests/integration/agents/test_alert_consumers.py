@@ -209,7 +209,7 @@ async def test_tail_shows_a_fall_raised_through_the_pipeline_within_a_second(
     the unfiltered ``--json`` tail, not in the filtered one."""
     require("kafka", "mosquitto")
     run = detection_run
-    worker = run.worker("w1", VEILLEUSE_DETECTION__FALL_CONFIRM_S=str(CONFIRM_S))
+    worker = run.worker("w1", VEILLEUSE_RULES__FALL__CONFIRM_S=str(CONFIRM_S))
     await asyncio.to_thread(run.wait_for_assignment, [worker])
     async with connector_with_lamps(run.settings, 2, "oncall") as (_, fleet, creds):
         site, fallen, caller = creds[0].site_id, creds[0].lamp_id, creds[1].lamp_id
@@ -405,7 +405,7 @@ async def test_java_consumer_decodes_what_a_worker_wrote(
     over TLS with a password, as a team's consumer connects in production."""
     run = detection_run
     topic = topic_name(run.settings, ALERTS)
-    worker = run.worker("w1", VEILLEUSE_DETECTION__FALL_CONFIRM_S=str(CONFIRM_S))
+    worker = run.worker("w1", VEILLEUSE_RULES__FALL__CONFIRM_S=str(CONFIRM_S))
     await asyncio.to_thread(run.wait_for_assignment, [worker])
     async with LampSender(run.settings) as lamps:
         await raise_fall(lamps, SITE, "L-fall-0")

@@ -7,11 +7,14 @@ import os
 import subprocess
 from pathlib import Path
 
+import orjson
+import pytest
+
 from devtools.processes import veilleuse
 from pipeline.topics import TopicSpec, ensure_topics, topic_name
-from schemas import alert_kind
+from schemas import Registry, SchemaError, alert_kind, decode, schema_file
 from tests.integration.agents.conftest import AlertTail, DetectionRun, LampSender, read_records
-from tests.plugin_dist import ECHO_AGENT, LONG_STAY, install_plugin
+from tests.plugin_dist import ECHO_PACKAGE, LONG_STAY, install_plugin
 
 SITE = "it-plugins-1"
 
@@ -69,7 +72,7 @@ async def test_an_agent_installed_by_entry_point_is_listed_and_run_alone(
     site = install_plugin(
         tmp_path / "site",
         "team_agents",
-        {"team_echo.py": ECHO_AGENT},
+        ECHO_PACKAGE,
         {"veilleuse.agents": {"echo_messages": "team_echo:AGENT"}},
     )
     run = detection_run
@@ -77,7 +80,8 @@ async def test_an_agent_installed_by_entry_point_is_listed_and_run_alone(
     listed = agents_list(env)
     assert "echo_messages: Copies lamp messages to echo.v1." in listed
     assert f"  reads:    {run.prefix}lamp.messages.v1" in listed
-    assert f"  emits:    {run.prefix}echo.v1" in listed
+    # Its records' schema is its own package's, and said so.
+    assert f"  emits:    {run.prefix}echo.v1 (echo.v1, from package team_echo.schemas)" in listed
     assert "detect_incidents:" in listed
     assert "echo_messages" not in agents_list(run.env())  # not installed there
 
@@ -91,7 +95,15 @@ async def test_an_agent_installed_by_entry_point_is_listed_and_run_alone(
         await lamps.send(SITE, "L-PLUG-2", "heartbeat", fw="1.0", uptime_s=5, rssi=-50)
     records = await read_records(run.settings, topic_name(run.settings, echo), 1)
     assert [r.key for r in records] == [b"L-PLUG-2"], worker.log_tail()
-    # Only the agent asked for runs: its transactional producer, not detect_incidents'.
-    (starting,) = [line for line in worker.output().splitlines() if "starting (" in line]
-    assert f"{run.app_id}-echo_messages-plugins-2" in starting
-    assert "detect_incidents" not in starting
+    # Written with the schema the plugin ships, which Veilleuse's own registry does not know.
+    own = schema_file(site / "team_echo" / "schemas" / "echo.v1.avsc")
+    writer, copy = Registry(site, {own.name: own}, {}).decode(records[0].value or b"")
+    assert (writer.full_name, writer.fingerprint) == ("team_echo.v1.Echo", own.fingerprint)
+    assert copy["lamp_id"] == "L-PLUG-2"
+    assert orjson.loads(copy["payload"])["type"] == "heartbeat"
+    with pytest.raises(SchemaError, match="unknown writer schema fingerprint"):
+        decode(records[0].value or b"")
+    # Only the agent asked for runs.
+    (starting,) = [line for line in worker.output().splitlines() if "starting agents" in line]
+    assert "starting agents echo_messages (" in starting, starting
+    assert f"transactional id {run.app_id}-plugins-2" in starting, starting

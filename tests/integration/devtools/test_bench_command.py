@@ -16,9 +16,9 @@ async def test_bench_counts_and_latencies_are_real(
 ) -> None:
     require("kafka", "elasticsearch", "postgres", "mosquitto")
     # The pipeline's processes read their settings from the environment.
-    monkeypatch.setenv("VEILLEUSE_DETECTION__FALL_CONFIRM_S", str(CONFIRM_S))
-    detection = settings.detection.model_copy(update={"fall_confirm_s": CONFIRM_S})
-    scoped = settings.model_copy(update={"detection": detection})
+    monkeypatch.setenv("VEILLEUSE_RULES__FALL__CONFIRM_S", str(CONFIRM_S))
+    rules = settings.rules | {"fall": {**settings.rules.get("fall", {}), "confirm_s": CONFIRM_S}}
+    scoped = settings.model_copy(update={"rules": rules})
     options = harness.BenchOptions(
         lamps=200,
         sites=2,

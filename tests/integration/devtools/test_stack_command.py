@@ -39,8 +39,13 @@ def test_a_second_up_is_a_no_op(settings: Settings, require: Callable[..., None]
     result = veilleuse("stack", "up")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == len(manager.SERVICE_NAMES)
-    assert all("already running" in line for line in lines), lines
+    assert len(lines) == len(manager.SERVICE_NAMES) + len(manager.TOOL_NAMES)
+    services, tools = lines[: len(manager.SERVICE_NAMES)], lines[len(manager.SERVICE_NAMES) :]
+    assert all("already running" in line for line in services), lines
+    assert [line.split()[:2] for line in tools] == [
+        [name, "installed"] for name in manager.TOOL_NAMES
+    ]
+    assert not any("installed by this command" in line for line in tools), lines
     assert pids(settings) == before
 
 

@@ -117,7 +117,7 @@ async def pipeline_processes(
                 "VEILLEUSE_DETECTION__METRICS_PORT": "0",
                 "VEILLEUSE_DETECTION__LIVE_PORT": "0",
                 "VEILLEUSE_DETECTION__SESSION_TIMEOUT_S": "6",
-                "VEILLEUSE_DETECTION__FALL_CONFIRM_S": str(CONFIRM_S),
+                "VEILLEUSE_RULES__FALL__CONFIRM_S": str(CONFIRM_S),
             },
         ),
         "sink-postgres": (

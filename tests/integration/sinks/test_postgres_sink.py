@@ -36,6 +36,7 @@ from pipeline.records import KafkaRecord
 from pipeline.settings import Settings
 from pipeline.topics import (
     ACTIVITY_HOURLY,
+    ACTIVITY_NIGHTLY,
     ALERTS,
     SINK_DLQ,
     ensure_topics,
@@ -485,7 +486,8 @@ async def sink_run(settings: Settings, tmp_path: Path, require: Any) -> AsyncIte
     isolated = settings.model_copy(
         update={"kafka": settings.kafka.model_copy(update={"topic_prefix": prefix})}
     )
-    await ensure_topics(isolated, (ACTIVITY_HOURLY, ALERTS, SINK_DLQ))
+    # The sink reads activity.nightly.v1 too: it waits for every topic it reads to exist.
+    await ensure_topics(isolated, (ACTIVITY_HOURLY, ALERTS, ACTIVITY_NIGHTLY, SINK_DLQ))
     with scratch_database(isolated) as scoped:
         run = SinkRun(scoped, tmp_path)
         run.producer = clients.producer(scoped)
@@ -500,7 +502,10 @@ async def sink_run(settings: Settings, tmp_path: Path, require: Any) -> AsyncIte
             await admin.start()
             try:
                 await admin.delete_topics(
-                    [topic_name(scoped, spec) for spec in (ACTIVITY_HOURLY, ALERTS, SINK_DLQ)]
+                    [
+                        topic_name(scoped, spec)
+                        for spec in (ACTIVITY_HOURLY, ALERTS, ACTIVITY_NIGHTLY, SINK_DLQ)
+                    ]
                 )
             finally:
                 await admin.close()

@@ -14,7 +14,7 @@ from connectors.sinks.runner import SinkRunner
 from pipeline import clients
 from pipeline.ports import free_port
 from pipeline.settings import Settings
-from pipeline.topics import ACTIVITY_HOURLY, ALERTS, ensure_topics, topic_name
+from pipeline.topics import ACTIVITY_HOURLY, ACTIVITY_NIGHTLY, ALERTS, ensure_topics, topic_name
 
 
 async def test_the_lag_grows_while_the_store_is_down_and_errors_name_their_reason(
@@ -35,7 +35,7 @@ async def test_the_lag_grows_while_the_store_is_down_and_errors_name_their_reaso
             "health": settings.health.model_copy(update={"stall_after_s": 1.0}),
         }
     )
-    await ensure_topics(scoped, (ACTIVITY_HOURLY, ALERTS))
+    await ensure_topics(scoped, (ACTIVITY_HOURLY, ALERTS, ACTIVITY_NIGHTLY))
     topic = topic_name(scoped, ACTIVITY_HOURLY)
     producer = clients.producer(scoped)
     await producer.start()

@@ -14,7 +14,7 @@ from agents.detect_incidents import AGENT as DETECT_INCIDENTS
 from agents.registry import describe_agents, installed_agents, select_agents
 from agents.rules import build_rules, installed_rules
 from agents.rules.help_button import HelpButtonRule
-from agents.runtime.worker import check_disjoint_inputs
+from agents.runtime.worker import check_distinct_tables
 from agents.testing import T0_MS, AgentDriver, Trace, at
 from pipeline.errors import ConfigurationError
 from pipeline.settings import DetectionSettings, load_settings
@@ -121,7 +121,7 @@ def test_the_driver_recovers_an_agent_from_its_changelog_like_a_worker() -> None
 def test_an_agent_of_another_package_is_listed_with_its_topics_and_settings(
     plugins: Path,
 ) -> None:
-    assert list(installed_agents()) == ["detect_incidents", "spy_lamps"]
+    assert list(installed_agents()) == ["detect_incidents", "summarise_nights", "spy_lamps"]
     settings = load_settings(kafka={"topic_prefix": "x."})
     text = describe_agents(settings)
     assert "spy_lamps: Watches late records." in text
@@ -135,8 +135,8 @@ def test_an_agent_of_another_package_is_listed_with_its_topics_and_settings(
         select_agents(["nope"])
 
 
-def test_two_agents_of_one_worker_may_not_read_one_topic() -> None:
+def test_two_agents_of_one_worker_may_not_keep_one_table() -> None:
     settings = load_settings()
-    check_disjoint_inputs(settings, [DETECT_INCIDENTS])
-    with pytest.raises(ConfigurationError, match=r"both read lamp\.messages\.v1"):
-        check_disjoint_inputs(settings, [DETECT_INCIDENTS, DETECT_INCIDENTS])
+    check_distinct_tables(settings, [DETECT_INCIDENTS])
+    with pytest.raises(ConfigurationError, match="both keep table lamp_state"):
+        check_distinct_tables(settings, [DETECT_INCIDENTS, DETECT_INCIDENTS])

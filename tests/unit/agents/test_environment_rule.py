@@ -97,23 +97,23 @@ def test_fewer_than_min_samples_readings_do_not_count() -> None:
 
 
 def test_min_samples_is_configurable() -> None:
-    """With environment_min_samples=4 the same readings raise."""
-    t = Trace(config=DetectionSettings(environment_min_samples=4))
+    """With VEILLEUSE_RULES__ENVIRONMENT__MIN_SAMPLES=4 the same readings raise."""
+    t = Trace(rule_settings={"environment": {"min_samples": 4}})
     t.feed(*[t.temperature(s, 10.0) for s in range(0, 3600, 150)])
     t.run_until(5000)
     assert t.steps(ENV) == [RAISED]
 
 
 def test_thresholds_are_configurable() -> None:
-    """environment_high_c=25: 26 °C is hot."""
-    t = Trace(config=DetectionSettings(environment_high_c=25))
+    """VEILLEUSE_RULES__ENVIRONMENT__HIGH_C=25: 26 °C is hot."""
+    t = Trace(rule_settings={"environment": {"high_c": 25}})
     t.feed(*readings(t, 0, 1200, 26.0))
     assert t.steps(ENV) == [RAISED]
 
 
 def test_tumbling_windows_when_step_equals_size() -> None:
-    """environment_step_s = window: one window per 10 minutes, raised when it closes."""
-    t = Trace(config=DetectionSettings(environment_step_s=600))
+    """step_s = window_s: one window per 10 minutes, raised when it closes."""
+    t = Trace(rule_settings={"environment": {"step_s": 600}})
     t.feed(*readings(t, 0, 1200, 16.0))
     assert t.steps(ENV) == [RAISED]
     assert t.of(ENV)[0].emitted_at == at(600 + 120)

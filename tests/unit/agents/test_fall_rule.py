@@ -46,8 +46,8 @@ def test_suspicion_below_the_confidence_threshold_is_ignored() -> None:
 
 
 def test_confidence_threshold_is_configurable() -> None:
-    """fall_min_confidence moves the threshold."""
-    t = Trace(config=DetectionSettings(fall_min_confidence=0.5))
+    """VEILLEUSE_RULES__FALL__MIN_CONFIDENCE moves the threshold."""
+    t = Trace(rule_settings={"fall": {"min_confidence": 0.5}})
     t.feed(t.posture(0, "standing"), t.fall(10, confidence=0.55))
     t.run_until(41)
     assert t.steps(*FALL_KINDS) == [RAISED]
@@ -73,8 +73,8 @@ def test_fall_is_raised_at_30_s_of_lamp_time_not_before() -> None:
 
 
 def test_confirmation_time_is_configurable() -> None:
-    """fall_confirm_s moves the deadline."""
-    t = Trace(config=DetectionSettings(fall_confirm_s=10))
+    """VEILLEUSE_RULES__FALL__CONFIRM_S moves the deadline."""
+    t = Trace(rule_settings={"fall": {"confirm_s": 10}})
     fell_at_10(t, down_until_s=17)
     assert t.run_until(19.999) == []
     assert [a.emitted_at for a in t.run_until(20)] == [at(20)]
@@ -146,6 +146,14 @@ def test_long_lie_raised_when_the_lamp_goes_silent() -> None:
     assert t.steps(*FALL_KINDS) == [RAISED]
 
 
+def test_long_lie_time_is_configurable() -> None:
+    """VEILLEUSE_RULES__FALL__LONG_LIE_S moves the long lie's deadline."""
+    t = Trace(rule_settings={"fall": {"long_lie_s": 20}})
+    t.feed(t.posture(0, "standing"), t.posture(5, "on_floor", "floor"))
+    assert t.run_until(24.999) == []
+    assert [a.emitted_at for a in t.run_until(25)] == [at(25)]
+
+
 def test_down_for_59_s_then_standing_raises_nothing() -> None:
     """Getting up after 59 s on the floor is not a long lie."""
     t = Trace()
@@ -190,6 +198,21 @@ def test_staff_present_at_the_suspicion_raises_nothing() -> None:
     t.feed(t.posture(0, "standing", persons=2), t.fall(10), *on_floor(t, 12, 300, persons=2))
     t.run_until(400)
     assert t.steps(*FALL_KINDS) == []
+
+
+def test_the_staff_threshold_is_configurable() -> None:
+    """VEILLEUSE_RULES__FALL__STAFF_MIN_PERSONS=3: two persons are not staff, the fall is
+    raised; three are."""
+    two = Trace(rule_settings={"fall": {"staff_min_persons": 3}})
+    two.feed(two.posture(0, "standing", persons=2), two.fall(10), *on_floor(two, 12, 60, persons=2))
+    two.run_until(60)
+    assert two.steps(*FALL_KINDS) == [RAISED]
+    three = Trace(rule_settings={"fall": {"staff_min_persons": 3}})
+    three.feed(
+        three.posture(0, "standing", persons=3), three.fall(10), *on_floor(three, 12, 60, persons=3)
+    )
+    three.run_until(60)
+    assert three.steps(*FALL_KINDS) == []
 
 
 def test_staff_arriving_during_the_30_s_raises_nothing() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from agents.testing import Trace, at
-from pipeline.settings import DetectionSettings
 
 OFFLINE = "lamp_offline"
 RAISED = (OFFLINE, "raised")
@@ -66,8 +65,8 @@ def test_regular_messages_keep_the_lamp_online() -> None:
 
 
 def test_silence_threshold_is_configurable() -> None:
-    """offline_after_s moves the threshold."""
-    t = Trace(config=DetectionSettings(offline_after_s=60))
+    """VEILLEUSE_RULES__LAMP_OFFLINE__OFFLINE_AFTER_S moves the threshold."""
+    t = Trace(rule_settings={"lamp_offline": {"offline_after_s": 60}})
     t.feed(t.heartbeat(0))
     assert t.run_until(59.999) == []
     assert [a.emitted_at for a in t.run_until(61)] == [at(60)]

@@ -25,10 +25,16 @@ def section(readme: str, title: str) -> str:
 
 
 def code_files(text: str) -> dict[str, str]:
-    """``# file:`` path -> the block's code, for every python block of ``text``."""
+    """``# file:`` path -> the block's code, for every python block of ``text``; and the data
+    files a package ships (e.g. its Avro schemas), blocks opened ```` ```json file=<path> ````."""
     files: dict[str, str] = {}
     for block in text.split("```")[1::2]:
         language, _, code = block.partition("\n")
+        words = language.split()
+        data = [word.removeprefix("file=") for word in words[1:] if word.startswith("file=")]
+        if data:
+            files[data[0]] = code
+            continue
         if language.strip() != "python":
             continue
         first, _, _ = code.partition("\n")
@@ -48,7 +54,7 @@ def walkthrough_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
 @pytest.mark.parametrize("title", SECTIONS, ids=["add-a-rule", "add-an-agent"])
 def test_the_walkthrough_runs_and_its_tests_pass(title: str, walkthrough_package: Path) -> None:
     files = code_files(section((ROOT / "README.md").read_text(), title))
-    tests = [path for path in files if Path(path).name.startswith("test_")]
+    tests = [path for path in files if Path(path).name.startswith("test_") and path.endswith(".py")]
     assert len(files) >= 2 and tests, f"{title.strip()}: a module and its test expected"
     for path, code in files.items():
         target = walkthrough_package / path

@@ -17,9 +17,8 @@ def replay(sim: Simulation, tick_ms: int = 200) -> tuple[list[SeenAlert], int]:
     config = sim.config
     start = config.start_ms
     wall = [start]
-    engine = PartitionEngine(
-        0, build_rules(config.detection), config.detection, lambda _k: None, lambda: wall[0]
-    )
+    rules = build_rules(config.detection, config.rules)
+    engine = PartitionEngine(0, rules, config.detection, lambda _k: None, lambda: wall[0])
     seen: list[SeenAlert] = []
     rejected = 0
 

@@ -1,5 +1,7 @@
-"""The night summary: one record per lamp and local night (22:00-07:00 site time), emitted once
-when the lamp's clock passes 07:00 plus the grace. Driven through the testing kit."""
+"""The agent ``summarise_nights``: one night summary per lamp and local night (22:00-07:00 site
+time), emitted once when the lamp's clock passes 07:00 plus the grace. Driven through the testing
+kit only: its fold with :class:`~agents.testing.Trace`, the agent itself (topics, Avro, settings,
+changelog and restarts) with :class:`~agents.testing.AgentDriver`."""
 
 from __future__ import annotations
 
@@ -14,10 +16,17 @@ import pytest
 from pydantic import ValidationError
 
 import schemas
-from agents.rules.night_summary import NightSummaryRule, NightSummarySettings, night_around
-from agents.testing import T0_MS, Trace, at
+from agents.detect_incidents import AGENT as DETECT_INCIDENTS
+from agents.summarise_nights import (
+    AGENT,
+    NightSummaryRule,
+    NightSummarySettings,
+    night_around,
+)
+from agents.testing import T0_MS, AgentDriver, Trace, at
+from pipeline.errors import ConfigurationError
 from pipeline.records import KafkaRecord
-from pipeline.settings import DetectionSettings
+from pipeline.settings import DetectionSettings, Settings, load_settings
 
 PARIS = ZoneInfo("Europe/Paris")
 GRACE_S = 120
@@ -557,3 +566,86 @@ def test_a_reboot_while_observations_wait_for_the_grace() -> None:
     assert t.late == []
     assert night["bed_exits"] == 1
     assert night["latest_return_to_bed_local"] == "02:08"  # 02:10 on a clock 90 s slow
+
+
+# -- the agent: topics, Avro, settings, changelog ---------------------------------------------
+
+PREFIX = "t."
+NIGHTLY = PREFIX + "activity.nightly.v1"
+
+
+def agent_settings(**agents: dict[str, Any]) -> Settings:
+    return load_settings(kafka={"topic_prefix": PREFIX}, agents=agents, _env_file=None)
+
+
+def driver(settings: Settings | None = None) -> AgentDriver:
+    return AgentDriver(AGENT, settings or agent_settings())
+
+
+def as_read(night: dict[str, Any]) -> dict[str, Any]:
+    """A night of the fold as a consumer reads it from the topic, less ``emitted_at``."""
+    writer = schemas.schema("night_summary.v1")
+    _, decoded = schemas.decode(schemas.encode(writer, {**night, "emitted_at": 0}))
+    return {k: v for k, v in decoded.items() if k != "emitted_at"}
+
+
+def read(d: AgentDriver) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != "emitted_at"} for r in d.records(NIGHTLY)]
+
+
+def test_the_agent_emits_the_folds_night_once_on_its_topic() -> None:
+    t = trace()
+    records = a_night(t)
+    t.deliver(records)
+    fold = the_night(t)
+    d = driver()
+    d.replay(sorted(records, key=lambda r: r.timestamp_ms), topic=PREFIX + "lamp.messages.v1")
+    d.run_until(at(NIGHT_END + GRACE_S + 1))
+    assert read(d) == [as_read(fold)]
+    (key, _), *_ = d.on(NIGHTLY)
+    assert key == b"L-000123"  # keyed by lamp, like every lamp topic
+    assert [topic for topic, *_ in d.produced] == [NIGHTLY]  # no side output: detection's
+    (when,) = [r["emitted_at"] for r in d.records(NIGHTLY)]
+    # emitted as the lamp's clock passed 07:00 plus the grace (its records arrive on time)
+    assert at(NIGHT_END + GRACE_S) <= schemas.millis(when) <= at(NIGHT_END + GRACE_S + 60)
+
+
+def test_the_agent_killed_mid_night_emits_the_same_night_once() -> None:
+    """Only the committed changelog survives each restart (one in the night, one after its
+    end): the successor emits the same night, once."""
+    records = sorted(a_night(trace()), key=lambda r: r.timestamp_ms)
+    expected = driver()
+    expected.replay(records, topic=PREFIX + "lamp.messages.v1")
+    expected.run_until(at(NIGHT_END + 86_400))
+    d = driver()
+    third = len(records) // 3
+    d.replay(records[:third], topic=PREFIX + "lamp.messages.v1")
+    d.restart()
+    d.replay(records[third:], topic=PREFIX + "lamp.messages.v1")
+    d.run_until(at(NIGHT_END + GRACE_S + 1))
+    d.restart()
+    d.run_until(at(NIGHT_END + 86_400))
+    assert read(d) == read(expected)
+    (night,) = read(d)
+    assert night["minutes_in_bed"] == EXPECTED["minutes_in_bed"]
+    assert b"L-000123" in d.table  # its own table: the lamp's state, keyed by lamp
+
+
+def test_the_agents_settings_are_its_own_section() -> None:
+    t = trace()
+    records = sorted(a_night(t), key=lambda r: r.timestamp_ms)
+    d = driver(agent_settings(summarise_nights={"restless_min_level": 50}))
+    d.replay(records, topic=PREFIX + "lamp.messages.v1")
+    d.run_until(at(NIGHT_END + GRACE_S + 1))
+    (night,) = read(d)
+    assert night["restless_motion_events"] == 0  # the trace's motions are of level 40
+    with pytest.raises(ConfigurationError, match="VEILLEUSE_AGENTS__SUMMARISE_NIGHTS__"):
+        driver(agent_settings(summarise_nights={"start": "7 pm"}))
+
+
+def test_detection_no_longer_summarises_nights() -> None:
+    records = sorted(a_night(trace()), key=lambda r: r.timestamp_ms)
+    d = AgentDriver(DETECT_INCIDENTS, agent_settings())
+    d.replay(records, topic=PREFIX + "lamp.messages.v1")
+    d.run_until(at(NIGHT_END + 3_600))
+    assert d.on(NIGHTLY) == []

@@ -1,16 +1,26 @@
-"""The night summary care teams read in the morning: per lamp and local night (22:00 to 07:00
-in the site's time zone), how the resident slept. Not an alert. Pure.
+"""The agent ``summarise_nights``: the night summary care teams read in the morning, per lamp
+and local night (22:00 to 07:00 in the site's time zone): how the resident slept. Not an alert.
 
-The figures depend on the order of events (how long a posture lasted, when the resident got
-back into bed), so the rule does not count as records arrive, as the hourly figures do: it
-buffers each lamp's observations and folds them **in event-time order** once they are older
-than the lamp's newest event by more than the grace (``window_grace_s``, 2 min: above the
-protocol's 30 s of reordering). The fold keeps the resident's status (in bed, out of bed, in the
-bathroom, out of the room, unknown) and the lamp's coverage, and accounts every millisecond of
-the night to them. A night closes, and its one ``night_summary`` record is emitted (topic
-``activity.nightly.v1``, schema ``night_summary.v1``), when the lamp's clock passes its end plus
-the grace (a timer, so a silent lamp's night closes too); records of a closed night, or older
-than the fold, go to the late output.
+Built only on the agent API (:mod:`agents.api`) and the rules engine (:mod:`agents.detection`,
+:mod:`agents.rules.base`), as any team's agent would be: it reads ``lamp.messages.v1``, keeps
+its own table (``night_state``: each lamp's clock, deduplication and night so far), emits one
+``night_summary.v1`` record per lamp and night on ``activity.nightly.v1`` (key ``lamp_id``) and
+reads its settings from ``VEILLEUSE_AGENTS__SUMMARISE_NIGHTS__<FIELD>`` (and the shared
+``VEILLEUSE_DETECTION__*``: the grace, the sites' time zones). A worker runs it next to
+``detect_incidents`` on the same topic: one consumer group, one transaction per batch.
+
+The fold (:class:`NightSummaryRule`, pure) is a rule of the engine, which gives it the lamp's
+clock, deduplication, reboots and timers as detection has them. The figures depend on the order
+of events (how long a posture lasted, when the resident got back into bed), so the fold does
+not count as records arrive, as the hourly figures do: it buffers each lamp's observations and
+folds them **in event-time order** once they are older than the lamp's newest event by more than
+the grace (``window_grace_s``, 2 min: above the protocol's 30 s of reordering). The fold keeps
+the resident's status (in bed, out of bed, in the bathroom, out of the room, unknown) and the
+lamp's coverage, and accounts every millisecond of the night to them. A night closes, and its
+one record is emitted, when the lamp's clock passes its end plus the grace (a timer, so a
+silent lamp's night closes too); records of a closed night, or older than the fold, are counted
+late (``summarise_nights.late`` in the worker's engine counters; ``detect_incidents`` owns the
+lamp side outputs, ``lamp.late.v1`` and ``lamp.dlq.v1``, so a record is dead-lettered once).
 
 Coverage follows rule 8: the lamp covers the time from each of its messages until it has been
 silent for ``silence_s`` (5 min), or until an offline status (or the broker's last will). Time
@@ -25,7 +35,10 @@ or 10 h / 8 h on the nights the clocks go back / forward.
 
 from __future__ import annotations
 
+import logging
 from bisect import insort
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from functools import cached_property
@@ -34,11 +47,18 @@ from zoneinfo import ZoneInfo
 
 from pydantic import Field, model_validator
 
-from agents.api import Output
+from agents.api import AgentSettings, AgentSpec, Output, StateTable, WallClock
+from agents.detection import PartitionEngine, restore_engines
 from agents.events import LampEvent
 from agents.rules.base import Rule, RuleContext, RuleSettings, RuleState
 from agents.rules.inactivity import site_zone
-from pipeline.topics import ACTIVITY_NIGHTLY
+from agents.runtime.streaming import BatchResult, Produce
+from pipeline.records import KafkaRecord
+from pipeline.settings import Settings
+from pipeline.topics import ACTIVITY_NIGHTLY, LAMP_MESSAGES, topic_name
+from schemas import encode, schema
+
+log = logging.getLogger(__name__)
 
 NIGHT_SUMMARY = "night_summary"  # the kind given to ``ctx.emit``
 CLOSE = "close"
@@ -64,7 +84,10 @@ def new_figures() -> list[int]:
     return [0] * 9
 
 
-class NightSummarySettings(RuleSettings):
+class NightSummarySettings(AgentSettings, RuleSettings):
+    """``VEILLEUSE_AGENTS__SUMMARISE_NIGHTS__<FIELD>``: the agent's settings, which are its
+    fold's (a rule's settings, for the engine)."""
+
     start: str = Field(
         "22:00", pattern=r"^\d\d:\d\d$", description="Start of the night, site local time."
     )
@@ -88,7 +111,7 @@ class NightSummarySettings(RuleSettings):
     @model_validator(mode="after")
     def _a_night_has_a_length(self) -> NightSummarySettings:
         if self.start == self.end:
-            raise ValueError("rules.night_summary: start and end are the same time")
+            raise ValueError("agents.summarise_nights: start and end are the same time")
         return self
 
 
@@ -395,3 +418,102 @@ class NightSummaryRule(Rule[NightState]):
             "latest_return_to_bed": returned if returned >= 0 else None,
             "latest_return_to_bed_local": local_return,
         }
+
+
+# -- the agent ---------------------------------------------------------------------------------
+
+
+class SummariseNights:
+    """The :class:`~agents.runtime.streaming.BatchAgent` running the fold over a partition's
+    lamps: one engine per assigned partition, the summaries encoded as ``night_summary.v1``."""
+
+    name = "summarise_nights"
+    table_name = "night_state"
+
+    def __init__(
+        self, settings: Settings, own: NightSummarySettings, wall_clock: WallClock
+    ) -> None:
+        self.config = settings.detection
+        self.rules = (NightSummaryRule(self.config, own),)
+        self.topics: tuple[str, ...] = (topic_name(settings, LAMP_MESSAGES),)
+        self.output_topic = topic_name(settings, ACTIVITY_NIGHTLY)
+        self.schema = schema("night_summary.v1")
+        self.wall_clock = wall_clock
+        self.engines: dict[int, PartitionEngine] = {}
+        self.counts: Counter[str] = Counter()
+        self._result = BatchResult()
+
+    def assign(self, partitions: Sequence[int], stored: Iterable[bytes]) -> None:
+        def new_engine(partition: int, load: Callable[[str], bytes | None]) -> PartitionEngine:
+            return PartitionEngine(partition, self.rules, self.config, load, self.wall_clock)
+
+        self.engines.update(restore_engines(partitions, stored, new_engine, self.counts, self.name))
+
+    def revoke(self, partition: int) -> None:
+        engine = self.engines.pop(partition, None)
+        if engine is not None:
+            self.counts.update(engine.counts)
+
+    def process(self, partition: int, records: list[KafkaRecord]) -> None:
+        engine = self.engines[partition]
+        for record in records:
+            engine.process(record)
+        self._collect(engine)
+
+    def advance(self, partition: int, wall_ms: int) -> None:
+        engine = self.engines[partition]
+        due = engine.next_due()
+        if due is None or due > wall_ms:
+            return
+        engine.advance(wall_ms)
+        self._collect(engine)
+
+    def _collect(self, engine: PartitionEngine) -> None:
+        outputs = engine.take_outputs()
+        if not outputs:
+            return
+        result = self._result
+        now_ms = self.wall_clock()
+        for _, lamp_id, figures in outputs.records:
+            result.produce.append(
+                Produce(
+                    self.output_topic,
+                    lamp_id.encode(),
+                    encode(self.schema, {**figures, "emitted_at": now_ms}),
+                    log=(
+                        f"night summary of {figures['night_of']}",
+                        {"lamp_id": lamp_id, "site_id": figures["site_id"], "component": self.name},
+                    ),
+                )
+            )
+        # Late and undecodable records are only counted (engine.counts): detect_incidents
+        # already writes them to lamp.late.v1 / lamp.dlq.v1.
+        if outputs.changed:
+            changelog = result.changelog.setdefault(engine.partition, {})
+            for lamp_id in outputs.changed:
+                changelog[lamp_id.encode()] = engine.encode_state(lamp_id)
+
+    def take_result(self) -> BatchResult:
+        result, self._result = self._result, BatchResult()
+        return result
+
+
+def _build(settings: Settings, own: NightSummarySettings, wall_clock: WallClock) -> SummariseNights:
+    return SummariseNights(settings, own, wall_clock)
+
+
+AGENT = AgentSpec(
+    name=SummariseNights.name,
+    help="The care team's night summary: per lamp and local night (22:00-07:00 site time), "
+    "minutes in and out of bed, bathroom visits, room exits, restlessness, the longest still "
+    "period and the latest return to bed, emitted once the night is over.",
+    reads=(LAMP_MESSAGES,),
+    table=StateTable(
+        SummariseNights.table_name,
+        "Every lamp's night so far (clock, duplicates, the fold's buffer and figures).",
+    ),
+    build=_build,
+    emits=(Output(ACTIVITY_NIGHTLY, "night_summary.v1"),),
+    settings_type=NightSummarySettings,
+    reads_settings=("detection",),
+)

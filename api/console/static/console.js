@@ -1,0 +1,101 @@
+// Progressive enhancement of the board: the open alerts update live from the server's event
+// stream (text/event-stream). Without JavaScript every page still works; a reload refreshes.
+// No framework and nothing from elsewhere (CSP: script-src 'self'); DOM built with
+// textContent only, never HTML from the server's data.
+(function () {
+  "use strict";
+
+  var table = document.querySelector('[data-testid="open-alerts"][data-events]');
+  if (!table || !window.EventSource) {
+    return;
+  }
+  var body = table.tBodies[0];
+  var status = document.querySelector('[data-testid="live-status"]');
+  var emptyNote = document.querySelector('[data-testid="no-open-alerts"]');
+  var rank = { critical: 0, warning: 1, info: 2 };
+
+  function setLive(on) {
+    if (!status) return;
+    status.setAttribute("data-live", on ? "on" : "off");
+    var label = status.querySelector("span");
+    if (label) label.textContent = label.getAttribute(on ? "data-live-on" : "data-live-off");
+  }
+
+  function cell(row, content) {
+    var td = document.createElement("td");
+    if (content) td.appendChild(content);
+    row.appendChild(td);
+    return td;
+  }
+
+  function text(value) {
+    return document.createTextNode(value == null ? "" : String(value));
+  }
+
+  function link(href, label) {
+    var a = document.createElement("a");
+    a.href = href;
+    a.textContent = label;
+    return a;
+  }
+
+  function rowFor(alert) {
+    var row = document.createElement("tr");
+    row.setAttribute("data-testid", "alert-row");
+    row.setAttribute("data-alert-id", alert.alert_id);
+    row.className = "sev-" + alert.severity + " fresh";
+    cell(row, link(alert.url, alert.kind_label));
+    var badge = document.createElement("span");
+    badge.className = "badge sev-" + alert.severity;
+    badge.textContent = alert.severity_label;
+    cell(row, badge);
+    cell(row, text(alert.state_label)).setAttribute("data-field", "state");
+    cell(row, link(alert.lamp_url, alert.lamp_id));
+    var time = document.createElement("time");
+    time.setAttribute("datetime", alert.incident_started_at);
+    time.textContent = alert.started_local;
+    cell(row, time);
+    cell(row, text("0 min"));
+    return row;
+  }
+
+  function place(row, alert) {
+    row.setAttribute("data-state", alert.state);
+    row.setAttribute("data-severity", alert.severity);
+    var mine = rank[alert.severity] === undefined ? 9 : rank[alert.severity];
+    var rows = body.rows;
+    for (var i = 0; i < rows.length; i++) {
+      var other = rank[rows[i].getAttribute("data-severity")];
+      if (rows[i] !== row && (other === undefined ? 9 : other) > mine) {
+        body.insertBefore(row, rows[i]);
+        return;
+      }
+    }
+    if (row.parentNode !== body) body.appendChild(row);
+  }
+
+  function onAlert(alert) {
+    var existing = body.querySelector('tr[data-alert-id="' + CSS.escape(alert.alert_id) + '"]');
+    if (alert.state === "resolved") {
+      if (existing) existing.parentNode.removeChild(existing);
+    } else if (existing) {
+      existing.setAttribute("data-state", alert.state);
+      var state = existing.querySelector('[data-field="state"]');
+      if (state) state.textContent = alert.state_label;
+    } else {
+      place(rowFor(alert), alert);
+    }
+    if (emptyNote) emptyNote.classList.toggle("hidden", body.rows.length > 0);
+  }
+
+  var source = new EventSource(table.getAttribute("data-events"));
+  source.addEventListener("ready", function () { setLive(true); });
+  source.addEventListener("alert", function (event) {
+    try {
+      onAlert(JSON.parse(event.data));
+    } catch (error) {
+      // A malformed event is dropped; the next reload shows the truth.
+    }
+  });
+  source.onerror = function () { setLive(false); };
+})();
