@@ -83,6 +83,84 @@ def lamps_query(
     return query, {**where.params, "limit": limit}
 
 
+# Lamps the ``lamps`` table may not hold yet: it is upserted from the hourly activity, an hour
+# or so after a lamp's first message, while the messages index has each message within seconds.
+# One aggregation on keyword fields over a bounded window (the lamps table covers the rest).
+RECENT_LAMPS_WINDOW_MS = 24 * 3600 * 1000
+RECENT_LAMPS_MAX = 10_000
+
+
+def recent_lamps_body(principal: Principal, site: str | None, since_ms: int) -> dict[str, Any]:
+    """The messages index's lamps seen since ``since_ms``: per lamp its latest message's site
+    and event time (an Elasticsearch aggregation, no hits)."""
+    flt: list[dict[str, Any]] = [
+        {"range": {"event_time": {"gte": since_ms, "format": "epoch_millis"}}}
+    ]
+    if site is not None:
+        flt.append({"term": {"site_id": site}})
+    if not principal.all_sites:
+        flt.append({"terms": {"site_id": list(principal.sites)}})
+    return {
+        "size": 0,
+        "track_total_hits": False,
+        "query": {"bool": {"filter": flt}},
+        "aggs": {
+            "lamps": {
+                "terms": {"field": "lamp_id", "size": RECENT_LAMPS_MAX},
+                "aggs": {
+                    "latest": {
+                        "top_hits": {
+                            "size": 1,
+                            "sort": [{"event_time": {"order": "desc"}}],
+                            "_source": ["site_id", "event_time"],
+                        }
+                    }
+                },
+            }
+        },
+    }
+
+
+def recent_lamps(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``recent_lamps_body``'s answer as lamp rows (as ``LAMPS`` selects them), by lamp id."""
+    found: dict[str, dict[str, Any]] = {}
+    buckets = result.get("aggregations", {}).get("lamps", {}).get("buckets", [])
+    for bucket in buckets:
+        hits = bucket["latest"]["hits"]["hits"]
+        if not hits:
+            continue
+        source = hits[0]["_source"]
+        if not isinstance(source.get("site_id"), str) or not isinstance(
+            source.get("event_time"), int
+        ):
+            continue
+        found[bucket["key"]] = {
+            "lamp_id": bucket["key"],
+            "site_id": source["site_id"],
+            "last_seen_at": ms_datetime(source["event_time"]),
+            "firmware": None,
+            "online": True,
+        }
+    return found
+
+
+def merge_recent_lamps(
+    rows: list[dict[str, Any]], recent: dict[str, dict[str, Any]], after: str | None
+) -> list[dict[str, Any]]:
+    """The ``lamps`` rows with the index's recent lamps: a stored lamp takes a later last
+    message from the index, a lamp not stored yet is added; by lamp id, after ``after``."""
+    merged = {row["lamp_id"]: dict(row) for row in rows}
+    for lamp_id, seen in recent.items():
+        if after is not None and lamp_id <= after:
+            continue
+        row = merged.get(lamp_id)
+        if row is None:
+            merged[lamp_id] = dict(seen)
+        elif row["last_seen_at"] is None or seen["last_seen_at"] > row["last_seen_at"]:
+            row["last_seen_at"] = seen["last_seen_at"]
+    return [merged[lamp_id] for lamp_id in sorted(merged)]
+
+
 LAMP = """
 SELECT l.lamp_id, l.site_id, l.last_seen_at, l.firmware, l.online FROM lamps AS l
 WHERE l.lamp_id = %(lamp_id)s
@@ -170,6 +248,30 @@ ALERT = "SELECT " + ALERT_COLUMNS + ALERT_FROM + "WHERE a.alert_id = %(alert_id)
 STEPS = """
 SELECT step, occurrence, emitted_at, details, recorded_at FROM alert_events
 WHERE alert_id = %(alert_id)s ORDER BY emitted_at, recorded_at, step, occurrence
+"""
+
+# The board's live steps: those alerts.v1 does not carry, recorded since ``since`` (index
+# alert_events_recorded), with the database's clock so that the next poll starts from it.
+NEW_STEPS = """
+SELECT c.now AS polled_at, s.* FROM (SELECT now() AS now) AS c
+LEFT JOIN LATERAL (
+    SELECT e.alert_id, e.step, e.occurrence, e.emitted_at, e.recorded_at, e.details,
+           a.kind, a.severity, a.site_id, a.lamp_id, a.incident_started_at
+    FROM alert_events AS e JOIN alerts AS a ON a.alert_id = e.alert_id
+    WHERE e.recorded_at >= COALESCE(%(since)s::timestamptz, now() - %(overlap)s)
+      AND e.step NOT IN ('raised', 'resolved')
+      AND (%(all_sites)s OR a.site_id = ANY(%(sites)s::text[]))
+    ORDER BY e.recorded_at LIMIT %(limit)s
+) AS s ON TRUE
+"""
+
+# The latest notification or escalation of each of these alerts (the board's state column; an
+# acknowledgement is the alert's state itself, with who).
+LAST_STEPS = """
+SELECT DISTINCT ON (alert_id) alert_id, step, occurrence FROM alert_events
+WHERE alert_id = ANY(%(alert_ids)s::text[])
+  AND step NOT IN ('raised', 'resolved', 'acknowledged')
+ORDER BY alert_id, recorded_at DESC, emitted_at DESC
 """
 
 # The API records the acknowledgement in the alert's life at once (the notifier records the

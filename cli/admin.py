@@ -290,6 +290,28 @@ def token_revoke(ctx: click.Context, name: str) -> None:
     click.echo(f"token {name!r} revoked", err=True)
 
 
+@token.command("link")
+@click.argument("name")
+@click.pass_context
+def token_link(ctx: click.Context, name: str) -> None:
+    """Print a one-time sign-in link to the console for the live token NAME (valid
+    api.console_link_ttl_s, used up by its first click)."""
+    from api.console import links
+    from api.tokens import TokenError
+    from pipeline.clients import redis
+
+    settings = settings_of(ctx)
+    try:
+        code = links.store_for_token_name(
+            settings.postgres.conninfo(), redis(settings), name, settings.api.console_link_ttl_s
+        )
+    except TokenError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(links.url_of(links.public_url(settings.api), code))
+    minutes = settings.api.console_link_ttl_s / 60
+    click.echo(f"one-time console link for token {name!r}, valid {minutes:.0f} min", err=True)
+
+
 @token.command("list")
 @click.pass_context
 def token_list(ctx: click.Context) -> None:

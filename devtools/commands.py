@@ -264,18 +264,43 @@ def simulate(  # noqa: PLR0917 - click passes every option positionally
 @click.option("--workers", type=click.IntRange(1, 4), default=1, show_default=True)
 @click.option("--no-stack", is_flag=True, help="Do not run `stack up` and `setup` first.")
 @click.option("--keep", is_flag=True, help="Keep the run's Kafka topics afterwards.")
+@click.option(
+    "--serve",
+    is_flag=True,
+    help="Keep the pipeline and the console up after the verdict, until Ctrl-C (or SIGTERM).",
+)
+@click.option(
+    "--short", is_flag=True, hidden=True, help="The tests' 90-second home, detection only."
+)
 @click.pass_context
-def demo(ctx: click.Context, seed: int, workers: int, no_stack: bool, keep: bool) -> None:
+def demo(  # noqa: PLR0917 - click passes every option positionally
+    ctx: click.Context,
+    seed: int,
+    workers: int,
+    no_stack: bool,
+    keep: bool,
+    serve: bool,
+    short: bool,
+) -> None:
     """A simulated nursing home through the whole pipeline, scored against its ground truth.
 
-    Exits 1 if an expected critical alert was missed or a false critical one raised.
+    Ends with the support console's address and a one-time sign-in link. Exits 1 if an expected
+    critical alert was missed or a false critical one raised (with --serve: once stopped).
     """
     import asyncio
 
     from devtools.demo import DemoRun, run_demo
 
     run = DemoRun(
-        settings_of(ctx), click.echo, sys.stdout.isatty(), seed=seed, workers=workers, keep=keep
+        settings_of(ctx),
+        click.echo,
+        sys.stdout.isatty(),
+        seed=seed,
+        workers=workers,
+        keep=keep,
+        serve=serve,
+        short=short,
+        full=not short,
     )
     sys.exit(asyncio.run(run_demo(run, stack=not no_stack)))
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from api.console.links import public_url
+from devtools.demo_console import console_lines, issue_link, served_url, wait_for_stop
 from devtools.demo_nights import NightCheck, check_night, plan_night, report_lines
 from devtools.processes import PipelineProcess, veilleuse
 from devtools.simulate import PlayStats
@@ -47,6 +49,7 @@ class DemoRun:
     keep: bool = False
     full: bool = True  # also the sinks, the notifier and the API (if built), not only detection
     short: bool = False  # the 90-second home of the integration test
+    serve: bool = False  # keep the processes and the console up after the verdict, until a signal
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     result: Score | None = None
     procs: list[PipelineProcess] = field(default_factory=list)
@@ -55,6 +58,7 @@ class DemoRun:
     api_port: int = 0
     token: str | None = None
     api_lines: list[str] = field(default_factory=list)
+    console_lines: list[str] = field(default_factory=list)
 
     @property
     def prefix(self) -> str:
@@ -113,6 +117,8 @@ class DemoRun:
             }
             proc(f"worker-{i}", ["worker", "--instance-id", f"demo-{self.tag}-w{i}"], env)
         if not self.full:
+            if self.serve:  # something to look at after the verdict: the API and its console
+                self.start_api(proc)
             return
         sink_env = {
             **self.common_env(),
@@ -131,6 +137,9 @@ class DemoRun:
                 "VEILLEUSE_NOTIFIER__METRICS_PORT": "0",
             },
         )
+        self.start_api(proc)
+
+    def start_api(self, proc: Callable[[str, list[str], dict[str, str]], PipelineProcess]) -> None:
         self.api_port = free_port()
         api_env = {
             **self.common_env(),
@@ -292,6 +301,7 @@ async def run_demo(run: DemoRun, stack: bool = True) -> int:  # noqa: PLR0912, P
         grace_s = config.detection.window_grace_s
         night = plan_night(settings, config.lamp_ids()[0][0], grace_s, time.time())
     night_check: NightCheck | None = None
+    serving = False
     try:
         run.start_processes({**worker_env(config), **(night.env() if night else {})})
         echo("started: " + ", ".join(p.name for p in run.procs))
@@ -345,16 +355,16 @@ async def run_demo(run: DemoRun, stack: bool = True) -> int:  # noqa: PLR0912, P
                 run.isolated, sim.config, night, run.api_port, run.token
             )
         dead = [p.name for p in run.procs if not p.alive()]
+        serving = run.serve and not dead and run.api_port > 0
+        if run.api_port:
+            offer_the_console(run, config, serving)
     finally:
         stop_tail.set()
         if tail is not None:
             with contextlib.suppress(Exception):
                 await tail
-        run.stop_processes()
-        await discard_connector_session(run)
-        if not run.keep:
-            with contextlib.suppress(Exception):
-                await run.delete_topics()
+        if not serving:  # unset (an exception) or False: stop now
+            await wind_down(run)
     report(run, sim, stats, result, produced, dlq, late, hourly, worker)
     if night_check is not None:
         echo("")
@@ -368,7 +378,43 @@ async def run_demo(run: DemoRun, stack: bool = True) -> int:  # noqa: PLR0912, P
     echo(f"demo took {time.monotonic() - started:.0f} s")
     run.result = result
     nights_ok = night_check is None or night_check.ok
-    return 0 if result.ok and not dead and nights_ok else 1
+    code = 0 if result.ok and not dead and nights_ok else 1
+    if run.console_lines:
+        echo("")
+        for line in run.console_lines:
+            echo(line)
+    if serving:
+        try:
+            received = await wait_for_stop()
+            echo(f"{received}: stopping the demo's processes")
+        finally:
+            await wind_down(run)
+        echo(f"stopped; exit {code} (the verdict above)")
+    return code
+
+
+async def wind_down(run: DemoRun) -> None:
+    """Stop the run's processes and forget its connector session and topics."""
+    run.stop_processes()
+    await discard_connector_session(run)
+    if not run.keep:
+        with contextlib.suppress(Exception):
+            await run.delete_topics()
+
+
+def offer_the_console(run: DemoRun, config: Any, serving: bool) -> None:
+    """A staff token of the simulated home and a one-time sign-in link to its board: on the
+    demo's own API while it serves, else where ``veilleuse api`` will answer."""
+    site = config.lamp_ids()[0][0]
+    settings = run.settings
+    base = served_url(settings, run.api_port) if serving else public_url(settings.api)
+    try:
+        code = issue_link(settings, f"demo-{run.tag}-console", site)
+    except Exception as exc:  # noqa: BLE001 - the report goes on without the link
+        run.console_lines = [f"no console link: {type(exc).__name__}: {exc}"]
+        return
+    ttl_s = settings.api.console_link_ttl_s
+    run.console_lines = console_lines(base, code, site, ttl_s, serving)
 
 
 async def discard_connector_session(run: DemoRun) -> None:

@@ -507,6 +507,12 @@ class ApiSettings(_Section):
         description="Mark the console's cookies Secure even when the request does not say it "
         "came over https (a TLS proxy that sends no X-Forwarded-Proto).",
     )
+    console_link_ttl_s: float = Field(
+        15 * 60.0,
+        gt=0,
+        description="How long a one-time console sign-in link (`veilleuse token link`, "
+        "`veilleuse demo`) stays usable (stored in Redis, consumed by its first use).",
+    )
 
 
 class HealthSettings(_Section):

@@ -10,6 +10,7 @@ from api.deps import Context
 
 def create_console(ctx: Context) -> FastAPI:
     """The console as a sub-application sharing the API's context (its pools and clients)."""
+    from api.console import links
     from api.console.pages import router
     from api.console.web import Console, SecurityHeaders, install_errors, static_files
 
@@ -20,4 +21,5 @@ def create_console(ctx: Context) -> FastAPI:
     app.add_middleware(SecurityHeaders, secure_setting=ctx.settings.api.console_secure_cookies)
     app.mount("/static", static_files(), name="static")
     app.include_router(router)
+    app.include_router(links.router)  # one-time sign-in links
     return app

@@ -21,10 +21,13 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "nav.signed_in_as": "Signed in as",
         "sign_in.title": "Sign in",
         "sign_in.token": "Access token",
-        "sign_in.hint": "Paste the token you were given (created by `veilleuse token create`).",
+        "sign_in.hint_before": "Paste the token you were given (created by",
+        "sign_in.hint_after": ").",
         "sign_in.submit": "Sign in",
         "sign_in.refused": "This token is unknown or revoked.",
         "sign_in.expired": "Your session has ended: sign in again.",
+        "sign_in.link_refused": "This sign-in link was already used, has expired or is "
+        "unknown: sign in with a token.",
         "sites.title": "Sites",
         "sites.lamps": "lamps",
         "sites.none": "No site has a lamp yet.",
@@ -39,6 +42,9 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "lamp.state": "State",
         "lamp.online": "online",
         "lamp.offline": "offline",
+        "lamp.silent_since": "silent since",
+        "lamp.never_heard": "no message yet",
+        "label.untranslated": "Not translated: the name the system gives it",
         "lamp.last_message": "Last message",
         "lamp.firmware": "Firmware",
         "lamp.open_incidents": "Open incidents",
@@ -141,10 +147,13 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "nav.signed_in_as": "Connecté en tant que",
         "sign_in.title": "Connexion",
         "sign_in.token": "Jeton d'accès",
-        "sign_in.hint": "Collez le jeton qui vous a été remis (créé par `veilleuse token create`).",
+        "sign_in.hint_before": "Collez le jeton qui vous a été remis (créé par",
+        "sign_in.hint_after": ").",
         "sign_in.submit": "Se connecter",
         "sign_in.refused": "Ce jeton est inconnu ou révoqué.",
         "sign_in.expired": "Votre session a pris fin : reconnectez-vous.",
+        "sign_in.link_refused": "Ce lien de connexion a déjà servi, a expiré ou est inconnu : "
+        "connectez-vous avec un jeton.",
         "sites.title": "Établissements",
         "sites.lamps": "lampes",
         "sites.none": "Aucun établissement n'a encore de lampe.",
@@ -159,6 +168,9 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "lamp.state": "État",
         "lamp.online": "en ligne",
         "lamp.offline": "hors ligne",
+        "lamp.silent_since": "silencieuse depuis",
+        "lamp.never_heard": "aucun message encore",
+        "label.untranslated": "Non traduit : le nom que lui donne le système",
         "lamp.last_message": "Dernier message",
         "lamp.firmware": "Micrologiciel",
         "lamp.open_incidents": "Incidents en cours",
@@ -263,6 +275,11 @@ def label(lang: str, prefix: str, value: str) -> str:
     """A value's name in ``lang`` (``kind.fall``), or the value itself when the catalogue has
     none (a kind added since is shown by its own name)."""
     return CATALOGUE.get(lang, CATALOGUE[DEFAULT]).get(f"{prefix}.{value}", value)
+
+
+def known(lang: str, prefix: str, value: str) -> bool:
+    """Whether the catalogue names ``value`` (a kind, severity, state or step) in ``lang``."""
+    return f"{prefix}.{value}" in CATALOGUE.get(lang, CATALOGUE[DEFAULT])
 
 
 def choose(query_lang: str | None, cookie: str | None, accept_language: str | None) -> str:

@@ -1,18 +1,23 @@
-"""The board's live updates: one tail of ``alerts.v1`` per API process, fanned out.
+"""The board's live updates: one tail of ``alerts.v1`` per API process, fanned out, and one
+poller of the alert's life in PostgreSQL for the steps ``alerts.v1`` does not carry.
 
 The tail (``pipeline.alerts_tail.follow``: no consumer group, nothing committed, read_committed)
-starts with the first subscriber and stops after the last one leaves; each subscriber gets the
-alerts of its own sites only, through a bounded queue (a stalled browser loses events, never
-the process's memory: the page reloads its state on reconnection)."""
+and the poller start with the first subscriber and stop after the last one leaves; each
+subscriber gets the alerts of its own sites only, through a bounded queue (a stalled browser
+loses events, never the process's memory: the page reloads its state on reconnection).
+
+Notifications, escalations and acknowledgements are written to ``alert_events`` by the notifier
+and by the API; the poller reads the rows recorded since its last look, once a second for every
+open board of the process together (one indexed query, ``queries.NEW_STEPS``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pipeline.alerts_tail import TailedAlert, follow
@@ -23,6 +28,14 @@ log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256
 RETRY_S = 2.0
+STEP_POLL_S = 1.0
+STEP_PAGE = 1000
+# recorded_at is now() of the writer's transaction, taken before it commits: a step committed
+# just after a poll may carry an earlier time than that poll's. Each poll looks this far back
+# and skips what it already sent.
+STEP_OVERLAP = timedelta(seconds=10)
+
+Fetch = Callable[[str, dict[str, Any]], Awaitable[list[dict[str, Any]]]]
 
 
 @dataclass(eq=False)
@@ -60,12 +73,78 @@ def event_of(alert: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def step_event(row: dict[str, Any]) -> dict[str, Any]:
+    """What a board needs of a step of the alert's life (``queries.NEW_STEPS``'s row): the
+    alert's fields as :func:`event_of` gives them, the step, and who acknowledged."""
+    step = row["step"]
+    details = row["details"] if isinstance(row["details"], dict) else {}
+    by = details.get("acknowledged_by")
+    return {
+        "event": "step",
+        "alert_id": row["alert_id"],
+        "kind": row["kind"],
+        "severity": row["severity"],
+        # A step never resolves (alerts.v1 does); an acknowledgement is the one that changes
+        # the board's state column.
+        "state": "acknowledged" if step == "acknowledged" else None,
+        "site_id": row["site_id"],
+        "lamp_id": row["lamp_id"],
+        "incident_started_at": row["incident_started_at"].astimezone(UTC).isoformat(),
+        "emitted_at": row["emitted_at"].astimezone(UTC).isoformat(),
+        "step": step,
+        "occurrence": row["occurrence"],
+        "label": "renotified" if step == "notified" and row["occurrence"] > 1 else step,
+        "acknowledged_by": by if isinstance(by, str) else None,
+    }
+
+
+class StepPoller:
+    """The steps recorded since the last poll, each once (``STEP_OVERLAP``)."""
+
+    def __init__(self, fetch: Fetch, query: str) -> None:
+        self.fetch = fetch
+        self.query = query
+        self.since: datetime | None = None
+        self.sent: dict[tuple[str, str, int], datetime] = {}
+
+    async def poll(self, sites: frozenset[str] | None) -> list[dict[str, Any]]:
+        params = {
+            # The first poll looks back by the overlap too: a step recorded while the page
+            # loaded shows (one the page had already is shown again, which changes nothing).
+            "since": self.since,
+            "overlap": STEP_OVERLAP,
+            "all_sites": sites is None,
+            "sites": sorted(sites or ()),
+            "limit": STEP_PAGE,
+        }
+        rows = await self.fetch(self.query, params)
+        polled_at: datetime = rows[0]["polled_at"]
+        self.since = polled_at - STEP_OVERLAP
+        if len(rows) >= STEP_PAGE:  # a burst: the next poll goes on from the last one read
+            self.since = min(self.since, rows[-1]["recorded_at"])
+        fresh = []
+        for row in rows:
+            if row["alert_id"] is None:  # the clock row of a poll that found nothing
+                continue
+            key = (row["alert_id"], row["step"], row["occurrence"])
+            if key not in self.sent:
+                self.sent[key] = row["recorded_at"]
+                fresh.append(step_event(row))
+        self.sent = {key: at for key, at in self.sent.items() if at >= self.since}
+        return fresh
+
+
 class AlertHub:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, fetch: Fetch | None = None, steps_query: str = ""
+    ) -> None:
         self.settings = settings
         self.subscribers: set[Subscriber] = set()
         self.ready = asyncio.Event()  # the tail's start positions are fixed
         self._task: asyncio.Task[None] | None = None
+        self._steps_task: asyncio.Task[None] | None = None
+        self.fetch = fetch
+        self.steps_query = steps_query
 
     @contextlib.asynccontextmanager
     async def subscribe(self, sites: frozenset[str] | None) -> AsyncIterator[Subscriber]:
@@ -74,6 +153,8 @@ class AlertHub:
         if self._task is None or self._task.done():
             self.ready = asyncio.Event()
             self._task = asyncio.create_task(self._tail(), name="console-alerts-tail")
+        if self.fetch is not None and (self._steps_task is None or self._steps_task.done()):
+            self._steps_task = asyncio.create_task(self._steps(), name="console-steps-poller")
         try:
             yield subscriber
         finally:
@@ -82,10 +163,37 @@ class AlertHub:
                 await self.close()
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
+        tasks = [task for task in (self._task, self._steps_task) if task is not None]
+        self._task = self._steps_task = None
+        for task in tasks:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _fan_out(self, event: dict[str, Any]) -> None:
+        for subscriber in list(self.subscribers):
+            if subscriber.wants(event["site_id"]):
+                subscriber.offer(event)
+
+    def _sites(self) -> frozenset[str] | None:
+        sites: set[str] = set()
+        for subscriber in list(self.subscribers):
+            if subscriber.sites is None:
+                return None
+            sites |= subscriber.sites
+        return frozenset(sites)
+
+    async def _steps(self) -> None:
+        assert self.fetch is not None  # noqa: S101 - started only with one
+        poller = StepPoller(self.fetch, self.steps_query)
+        while self.subscribers:
+            try:
+                for event in await poller.poll(self._sites()):
+                    self._fan_out(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - PostgreSQL away: the next poll retries
+                log.warning("console: polling alert_events failed (%s); retrying", exc)
+            await asyncio.sleep(STEP_POLL_S)
 
     async def _tail(self) -> None:
         while self.subscribers:
@@ -96,10 +204,7 @@ class AlertHub:
                     if not isinstance(item, TailedAlert):
                         log.warning("console: undecodable record on alerts.v1: %s", item.error)
                         continue
-                    event = event_of(item.alert)
-                    for subscriber in list(self.subscribers):
-                        if subscriber.wants(event["site_id"]):
-                            subscriber.offer(event)
+                    self._fan_out(event_of(item.alert))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Kafka away: the boards wait, the tail retries

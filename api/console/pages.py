@@ -183,7 +183,13 @@ async def board(
         if cursor is None:
             break
     alerts = await open_alerts(console, session.principal, site_id)
-    return console.render(request, "board.html", site_id=site_id, lamps=lamps, alerts=alerts)
+    rows = await fetch_all(
+        console.ctx, queries.LAST_STEPS, {"alert_ids": [alert.alert_id for alert in alerts]}
+    )
+    last_steps = {row["alert_id"]: timeline([row | {"details": {}}])[0] for row in rows}
+    return console.render(
+        request, "board.html", site_id=site_id, lamps=lamps, alerts=alerts, last_steps=last_steps
+    )
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:
@@ -203,17 +209,25 @@ async def events(
     base = request.scope.get("root_path", "")
 
     def labelled(event: dict[str, Any]) -> dict[str, Any]:
-        return {
-            **event,
+        state = event["state"]
+        shown = {
+            **{name: value for name, value in event.items() if name != "event"},
             "url": f"{base}/alerts/{event['alert_id']}",
             "lamp_url": f"{base}/lamps/{event['lamp_id']}",
             "kind_label": i18n.label(lang, "kind", event["kind"]),
-            "severity_label": i18n.translate(lang, f"severity.{event['severity']}"),
-            "state_label": i18n.translate(lang, f"state.{event['state']}"),
+            # An unknown kind is shown by its own name, marked (the page's <code class="raw">).
+            "kind_known": i18n.known(lang, "kind", event["kind"]),
+            "untranslated": i18n.translate(lang, "label.untranslated"),
+            "severity_label": i18n.label(lang, "severity", event["severity"]),
+            "state_label": None if state is None else i18n.label(lang, "state", state),
             "started_local": console.local_time(
                 datetime.fromisoformat(event["incident_started_at"]), event["site_id"]
             ),
         }
+        if "step" in event:
+            shown["step_label"] = i18n.label(lang, "step", event["label"])
+            shown["by_label"] = i18n.translate(lang, "alert.by")
+        return shown
 
     async def stream() -> AsyncIterator[bytes]:
         async with console.hub.subscribe(frozenset({site_id})) as subscriber:
@@ -232,7 +246,7 @@ async def events(
                         announced = True  # Kafka was slow at first: the tail is up now
                         yield sse("ready", {"site_id": site_id})
                     continue
-                yield sse("alert", labelled(event))
+                yield sse(event.get("event", "alert"), labelled(event))
 
     return StreamingResponse(
         stream(),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
@@ -16,14 +17,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agents.rules import rule_settings
 from agents.rules.inactivity import site_zone
+from agents.rules.lamp_offline import LampOfflineSettings
+from api import queries
 from api.console import i18n, sessions
 from api.console.live import AlertHub
-from api.deps import Context, principal_of
+from api.deps import Context, fetch_all, principal_of
 from api.queries import BadCursorError
 from api.services import ServiceUnavailableError
 
@@ -106,7 +111,14 @@ class Console:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.hub = AlertHub(ctx.settings)
+        self.hub = AlertHub(
+            ctx.settings,
+            fetch=lambda query, params: fetch_all(ctx, query, params),
+            steps_query=queries.NEW_STEPS,
+        )
+        self.offline_after = timedelta(
+            seconds=rule_settings(ctx.settings.rules, LampOfflineSettings).offline_after_s
+        )
         self.templates = Environment(
             loader=PackageLoader("api.console", "templates"),
             autoescape=True,  # every page is HTML; data is never marked safe
@@ -127,12 +139,14 @@ class Console:
 
         page = self.templates.get_template(name).render(
             t=lambda key: i18n.translate(lang, key),
-            kind=lambda value: i18n.label(lang, "kind", value),
+            kind=lambda value: labelled(lang, "kind", value),
+            label=lambda prefix, value: labelled(lang, prefix, value),
             lang=lang,
             base=request.scope.get("root_path", ""),
             session=session,
             when=when,
             age=lambda moment: age(moment, lang),
+            presence=lambda lamp: presence(lamp, datetime.now(UTC), self.offline_after),
             **({"request_path": request.url.path} | values),
         )
         return HTMLResponse(page, status_code=status)
@@ -203,6 +217,36 @@ def pretty_json(value: Any) -> str:
     import json
 
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def labelled(lang: str, prefix: str, value: str) -> Markup:
+    """A kind, severity, state or step in the reader's language; one the catalogue does not
+    name (a kind from a newer rule) shows its own name as code, marked untranslated, rather
+    than pass for a translation. Built with ``Markup.format``, which escapes its values."""
+    if i18n.known(lang, prefix, value):
+        return Markup("{}").format(i18n.label(lang, prefix, value))
+    return Markup('<code class="raw" title="{}">{}</code>').format(
+        i18n.translate(lang, "label.untranslated"), value
+    )
+
+
+@dataclass(frozen=True)
+class Presence:
+    """A lamp's state as the protocol defines it (rule 8): offline after ``offline_after_s``
+    of silence, or while its offline alert is open (an offline status, its last will)."""
+
+    online: bool
+    silent: bool  # offline because nothing came for longer than the rule allows
+
+
+def presence(lamp: Any, now: datetime, offline_after: timedelta) -> Presence:
+    """``lamp`` as the lamps API gives it (``online``: no open ``lamp_offline`` alert;
+    ``last_seen_at``: its last message). The stored ``online`` alone would call a lamp silent
+    for a day online when no worker raised the alert (a lamp gone before the rule saw it)."""
+    last = lamp.last_seen_at
+    if last is None or now - last > offline_after:
+        return Presence(online=False, silent=True)
+    return Presence(online=bool(lamp.online), silent=False)
 
 
 def age(moment: datetime | None, lang: str) -> str:

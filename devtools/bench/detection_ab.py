@@ -32,6 +32,7 @@ import asyncio
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import signal
@@ -243,7 +244,8 @@ async def one_run(
         events=total,
         seconds=end - ready,
         startup_s=ready - started,
-        steady_per_s=total / (end - first_commit),
+        # A small topic can be done by the first commit seen: no rate after it.
+        steady_per_s=total / (end - first_commit) if end > first_commit else float("nan"),
         cpu_s=cpu,
         load_before=load_before,
         load_after=os.getloadavg()[0],
@@ -469,6 +471,8 @@ def main() -> None:
             "runs": [
                 {
                     **asdict(r),
+                    # Strict JSON has no NaN: a run with no rate after its first commit.
+                    "steady_per_s": None if math.isnan(r.steady_per_s) else r.steady_per_s,
                     "warmup": r.pair == 0,
                     "per_s": r.per_s,
                     "cpu_us_per_event": r.cpu_us_per_event,

@@ -39,17 +39,45 @@
     return a;
   }
 
+  function span(field, value, className) {
+    var s = document.createElement("span");
+    s.setAttribute("data-field", field);
+    if (className) s.className = className;
+    s.textContent = value == null ? "" : String(value);
+    return s;
+  }
+
+  function kindLink(alert) {
+    var a = link(alert.url, "");
+    if (alert.kind_known === false) {
+      // A kind the catalogue does not name: its own name, marked as such (as the pages do).
+      var code = document.createElement("code");
+      code.className = "raw";
+      code.title = alert.untranslated || "";
+      code.textContent = alert.kind;
+      a.appendChild(code);
+    } else {
+      a.textContent = alert.kind_label;
+    }
+    return a;
+  }
+
   function rowFor(alert) {
     var row = document.createElement("tr");
     row.setAttribute("data-testid", "alert-row");
     row.setAttribute("data-alert-id", alert.alert_id);
+    row.setAttribute("data-step", "");
     row.className = "sev-" + alert.severity + " fresh";
-    cell(row, link(alert.url, alert.kind_label));
+    cell(row, kindLink(alert));
     var badge = document.createElement("span");
     badge.className = "badge sev-" + alert.severity;
     badge.textContent = alert.severity_label;
     cell(row, badge);
-    cell(row, text(alert.state_label)).setAttribute("data-field", "state");
+    var state = cell(row, span("state", alert.state_label || ""));
+    state.appendChild(text(" "));
+    state.appendChild(span("by", ""));
+    state.appendChild(text(" "));
+    state.appendChild(span("step", "", "step"));
     cell(row, link(alert.lamp_url, alert.lamp_id));
     var time = document.createElement("time");
     time.setAttribute("datetime", alert.incident_started_at);
@@ -74,6 +102,39 @@
     if (row.parentNode !== body) body.appendChild(row);
   }
 
+  function field(row, name) {
+    var found = row.querySelector('[data-field="' + name + '"]');
+    if (!found) {
+      found = span(name, "", name === "step" ? "step" : "");
+      var holder = row.querySelector('[data-field="state"]');
+      holder.parentNode.appendChild(text(" "));
+      holder.parentNode.appendChild(found);
+    }
+    return found;
+  }
+
+  // A step of the alert's life that alerts.v1 does not carry (notified, escalated,
+  // acknowledged), polled by the server from PostgreSQL.
+  function onStep(step) {
+    var row = body.querySelector('tr[data-alert-id="' + CSS.escape(step.alert_id) + '"]');
+    // Not on the board: resolved already (a step can follow the resolution), or raised while
+    // the stream reconnected, which the next reload shows. A step alone never adds a row.
+    if (!row) return;
+    if (step.step !== "acknowledged") {
+      // The state column says "acknowledged" already; the step shows the latest notification
+      // or escalation, which an acknowledgement does not erase.
+      row.setAttribute("data-step", step.step);
+      field(row, "step").textContent = step.step_label;
+    }
+    if (step.state) {
+      row.setAttribute("data-state", step.state);
+      field(row, "state").textContent = step.state_label;
+    }
+    if (step.acknowledged_by) {
+      field(row, "by").textContent = "(" + step.by_label + " " + step.acknowledged_by + ")";
+    }
+  }
+
   function onAlert(alert) {
     var existing = body.querySelector('tr[data-alert-id="' + CSS.escape(alert.alert_id) + '"]');
     if (alert.state === "resolved") {
@@ -95,6 +156,13 @@
       onAlert(JSON.parse(event.data));
     } catch (error) {
       // A malformed event is dropped; the next reload shows the truth.
+    }
+  });
+  source.addEventListener("step", function (event) {
+    try {
+      onStep(JSON.parse(event.data));
+    } catch (error) {
+      // As above.
     }
   });
   source.onerror = function () { setLive(false); };

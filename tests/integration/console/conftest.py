@@ -10,6 +10,7 @@ the run's output (its path is printed at the end of the run).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
@@ -40,6 +41,7 @@ from devtools.processes import PipelineProcess
 from devtools.stack import manager
 from devtools.stack.chromium import CHROMIUM, Chromium
 from devtools.stack.context import StackContext
+from pipeline import clients
 from pipeline.ports import free_port
 from pipeline.settings import Settings
 from pipeline.topics import ensure_topics_sync
@@ -254,6 +256,28 @@ def console(
         finally:
             for process in [api, *pipeline]:
                 process.stop()
+            drop_indices(scoped, f"{prefix[:-1]}-messages")
+
+
+def drop_indices(settings: Settings, index_prefix: str) -> None:
+    """The run's messages indices and index templates (the sink creates both), so that runs
+    leave nothing behind in the shared Elasticsearch."""
+    from elasticsearch import NotFoundError
+
+    es = clients.elasticsearch(settings)
+    try:
+        rows = es.cat.indices(
+            index=f"{index_prefix}*", h="index", format="json", expand_wildcards="all"
+        )
+        names = [row["index"] for row in rows.body]
+        for start in range(0, len(names), 40):
+            es.indices.delete(index=",".join(names[start : start + 40]))
+        with contextlib.suppress(NotFoundError):
+            found = es.indices.get_index_template(name=f"{index_prefix}*")
+            for template in found["index_templates"]:
+                es.indices.delete_index_template(name=template["name"])
+    finally:
+        es.close()
 
 
 # -- the browser -------------------------------------------------------------------------------

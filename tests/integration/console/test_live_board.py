@@ -80,10 +80,19 @@ async def test_a_fall_appears_live_and_is_acknowledged_from_its_page(
 
         await eventually(known, 60, f"{lamp} known to the API\n{console.tails()}")
 
+        async def listed() -> bool:
+            # The lamps list too, from its first message (the messages index), not an hour on.
+            answer = await asyncio.to_thread(console.api.get, "admin", "/lamps", site=site)
+            return [item["lamp_id"] for item in answer.json()["items"]] == [lamp]
+
+        await eventually(listed, 30, f"{lamp} listed by the API\n{console.tails()}")
+
         page = await browsing.sign_in(token, "nurse-home")
         assert page.url.endswith(f"/console/sites/{site}"), page.url
         await page.locator('[data-testid="live-status"][data-live="on"]').wait_for(timeout=20000)
         await browsing.screens.shot(page, "board-before")
+        lamp_row = page.locator(f'[data-testid="lamp-row"][data-lamp-id="{lamp}"]')
+        assert await lamp_row.get_attribute("data-online") == "true"
         assert await page.get_by_test_id("alert-row").count() == 0
         navigations: list[str] = []
         page.on("framenavigated", lambda frame: navigations.append(frame.url))
@@ -157,3 +166,59 @@ async def test_a_fall_appears_live_and_is_acknowledged_from_its_page(
         if decode(r.value)[1]["alert_id"] == alert_id
     ]
     assert states[0] == "raised" and "resolved" in states, states
+
+
+async def test_an_escalation_and_an_acknowledgement_update_the_open_board(
+    console: ConsoleRun, browsing: Browsing
+) -> None:
+    """The steps alerts.v1 does not carry, written to alert_events as the notifier and the API
+    write them, change the open board's row without a reload."""
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    run = uuid.uuid4().hex[:6]
+    site, alert_id = f"steps-{run}", f"steps-{run}-1"
+    started = datetime.now(UTC) - timedelta(minutes=3)
+    with psycopg.connect(console.conninfo, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO alerts (alert_id, kind, severity, site_id, lamp_id, "
+            "incident_started_at, state, raised_at, details) "
+            "VALUES (%s, 'help_requested', 'critical', %s, %s, %s, 'raised', %s, '{}')",
+            (alert_id, site, f"L-{run}", started, started),
+        )
+    token = await asyncio.to_thread(console.token, "night", "staff", (site,))
+    page = await browsing.sign_in(token, "steps-board")
+    assert page.url.endswith(f"/console/sites/{site}"), page.url
+    await page.locator('[data-testid="live-status"][data-live="on"]').wait_for(timeout=20000)
+    row = page.locator(f'[data-testid="alert-row"][data-alert-id="{alert_id}"]')
+    assert await row.get_attribute("data-step") == ""
+    navigations: list[str] = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url))
+
+    def step(name: str, details: dict[str, Any]) -> None:
+        with psycopg.connect(console.conninfo, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO alert_events (alert_id, step, occurrence, emitted_at, details) "
+                "VALUES (%s, %s, 1, now(), %s)",
+                (alert_id, name, Jsonb(details)),
+            )
+
+    await asyncio.to_thread(step, "escalated", {"to": "head nurse"})
+    escalated = page.locator(
+        f'[data-testid="alert-row"][data-alert-id="{alert_id}"][data-step="escalated"]'
+    )
+    await escalated.wait_for(timeout=3000)
+    assert await row.locator('[data-field="step"]').text_content() == "Escalated"
+    await asyncio.to_thread(step, "acknowledged", {"acknowledged_by": "Nadia", "via": "api"})
+    await page.locator(
+        f'[data-testid="alert-row"][data-alert-id="{alert_id}"][data-state="acknowledged"]'
+    ).wait_for(timeout=3000)
+    await browsing.screens.shot(page, "steps-live")
+    assert await row.locator('[data-field="state"]').text_content() == "acknowledged"
+    assert await row.locator('[data-field="by"]').text_content() == "(by Nadia)"
+    assert await row.get_attribute("data-step") == "escalated"  # not erased by the ack
+    assert await row.locator('[data-field="step"]').text_content() == "Escalated"
+    assert navigations == [], f"the board reloaded: {navigations}"
