@@ -196,15 +196,17 @@ def test_the_lamps_list_merges_the_messages_index() -> None:
         "aggregations": {
             "lamps": {
                 "buckets": [
-                    {"key": key, "latest": {"hits": {"hits": [{"_source": source}]}}}
-                    for key, source in (
-                        ("L-1", {"site_id": "site-a", "event_time": int(seen.timestamp() * 1000)}),
-                        (
-                            "L-new",
-                            {"site_id": "site-a", "event_time": int(seen.timestamp() * 1000)},
-                        ),
-                        ("L-0", {"site_id": "site-a", "event_time": int(seen.timestamp() * 1000)}),
-                        ("L-junk", {"event_time": 1}),
+                    {
+                        "key": key,
+                        "last": {"value": last},
+                        "site": {"buckets": [{"key": site}] if site else []},
+                    }
+                    for key, site, last in (
+                        ("L-1", "site-a", seen.timestamp() * 1000),
+                        ("L-new", "site-a", seen.timestamp() * 1000),
+                        ("L-0", "site-a", seen.timestamp() * 1000),
+                        ("L-junk", None, 1.0),
+                        ("L-empty", "site-a", None),
                     )
                 ]
             }
