@@ -20,8 +20,8 @@ import psycopg
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
-from api.console import i18n, sessions
-from api.console.pages import ConsoleDep, redirect, sign_in_form
+from api.console import i18n
+from api.console.pages import ConsoleDep, sign_in_form, start_session
 from api.deps import principal_of
 from api.services import ServiceUnavailableError
 from api.tokens import Principal, TokenError
@@ -113,22 +113,6 @@ async def sign_in_with_link(
     if found is None or principal is None:
         refused = i18n.translate(request.state.lang, "sign_in.link_refused")
         return sign_in_form(request, console, 401, refused)
-    session = sessions.new_session(found[0], principal)
-    try:
-        await console.save(session)
-    except Exception as exc:
-        raise ServiceUnavailableError(f"Redis unavailable: {exc}") from exc
-    if principal.all_sites or not principal.sites:
-        response = redirect(request, "/sites")
-    else:
-        response = redirect(request, f"/sites/{principal.sites[0]}")
-    settings = console.ctx.settings.api
-    sessions.set_cookie(
-        response,
-        request,
-        sessions.SESSION_COOKIE,
-        session.id,
-        max_age=round(settings.console_session_ttl_s),
-        secure_setting=settings.console_secure_cookies,
-    )
-    return response
+    board = principal.sites[0] if principal.sites and not principal.all_sites else None
+    to = f"/sites/{board}" if board else "/sites"
+    return await start_session(request, console, found[0], principal, to)

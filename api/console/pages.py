@@ -110,12 +110,22 @@ async def sign_in(request: Request, console: ConsoleDep) -> Response:
     if principal is None:
         lang = request.state.lang
         return sign_in_form(request, console, 401, i18n.translate(lang, "sign_in.refused"))
+    response = await start_session(request, console, key, principal, "/")
+    response.delete_cookie(sessions.CSRF_COOKIE, path=sessions.PATH)
+    return response
+
+
+async def start_session(
+    request: Request, console: Console, key: bytes, principal: Principal, to: str
+) -> Response:
+    """A new session for ``principal`` (its token's digest ``key``), its cookie set on the
+    redirect to ``to``: what a signed-in form and a one-time link both end with."""
     session = sessions.new_session(key, principal)
     try:
         await console.save(session)
     except Exception as exc:
         raise ServiceUnavailableError(f"Redis unavailable: {exc}") from exc
-    response = redirect(request, "/")
+    response = redirect(request, to)
     settings = console.ctx.settings.api
     sessions.set_cookie(
         response,
@@ -125,7 +135,6 @@ async def sign_in(request: Request, console: ConsoleDep) -> Response:
         max_age=round(settings.console_session_ttl_s),
         secure_setting=settings.console_secure_cookies,
     )
-    response.delete_cookie(sessions.CSRF_COOKIE, path=sessions.PATH)
     return response
 
 
