@@ -7,6 +7,9 @@
   its record (acks=all, idempotent producer), in arrival order. The MQTT 5 Receive Maximum caps
   unacknowledged deliveries per connection, and reading pauses when ``max_in_flight`` records
   are waiting for Kafka: while Kafka is slow or down, the broker keeps the backlog.
+- The hot path avoids per-message overheads (BENCHMARKS.md, the connector's CPU per message):
+  PUBLISH packets are decoded without paho's per-message objects, and the PUBACKs a Kafka
+  batch frees leave in one write.
 - Valid messages go to ``lamp.messages.v1`` (key ``lamp_id``, the payload bytes as received,
   MQTT metadata in headers); rejected ones to ``lamp.dlq.v1`` with the reason, then are acked.
 - On SIGTERM it stops reading, lets in-flight records finish (or, past the drain timeout,
@@ -31,7 +34,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from connectors.ledger import AckLedger, Delivery
-from connectors.mqtt_asyncio import AsyncioMqtt
+from connectors.mqtt_asyncio import AsyncioMqtt, Received
 from connectors.validation import Accepted, validate
 from pipeline.errors import VeilleuseError
 from pipeline.health import Health
@@ -46,6 +49,11 @@ CHANNELS = ("events", "telemetry", "status")
 # 4 KiB) only its head is kept, flagged, so one huge message cannot exceed Kafka's request size
 # and block every acknowledgement behind it.
 DLQ_MAX_PAYLOAD_BYTES = 256 * 1024
+BOOL_HEADER = {False: b"false", True: b"true"}
+QOS_HEADER = {0: b"0", 1: b"1", 2: b"2"}
+
+# paho's message, or the connector's own decoding of a PUBLISH (connectors/mqtt_asyncio.py)
+Message = mqtt.MQTTMessage | Received
 
 
 class ConnectorError(VeilleuseError):
@@ -173,7 +181,10 @@ class BrokerConnection:
         metrics = source.metrics
         self.count_received = metrics.received.labels(name).inc
         self.count_produced = metrics.produced.labels(name).inc
+        self.broker_header = name.encode()
         self.mqtt.client.on_message = self._on_message
+        # Whole PUBLISH packets skip paho's decoding (BufferedClient.take_publish).
+        self.mqtt.client.on_publish_received = self._received
         self.mqtt.client.on_subscribe = self._on_subscribe
         self.mqtt.on_connected = self._on_connected
         self.mqtt.on_connection_lost = self._on_lost
@@ -223,7 +234,10 @@ class BrokerConnection:
         self.subscribed.clear()
         self.lost.set()
 
-    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+    def _received(self, message: Received) -> None:
+        self._on_message(self.mqtt.client, None, message)
+
+    def _on_message(self, _c: Any, _u: Any, message: Message) -> None:
         self.source.accept(self, message)
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -298,6 +312,9 @@ class MqttSource:
             registry=self.metrics.registry,
         )
         self.health.backlog = lambda: self.in_flight
+        # Read at each scrape: setting a gauge per message cost more than the Kafka write.
+        self.metrics.in_flight.set_function(lambda: self.in_flight)
+        self._acks_to_flush: set[BrokerConnection] = set()  # PUBACKs queued, not yet written
         self.health.conditions.append(self._unsubscribed)
         self.producer = ResilientProducer(
             settings,
@@ -315,24 +332,24 @@ class MqttSource:
 
     # -- MQTT side (callbacks on the loop) -------------------------------------------------------
 
-    def accept(self, connection: BrokerConnection, message: mqtt.MQTTMessage) -> None:
+    def accept(self, connection: BrokerConnection, message: Message) -> None:
         received_ns = time.time_ns()
-        broker = connection.broker.name
         connection.count_received()
-        if message.dup:
-            self.metrics.redelivered.labels(broker).inc()
-        if message.retain:
-            self.metrics.retained.labels(broker).inc()
+        dup, retain = message.dup, message.retain
+        if dup:
+            self.metrics.redelivered.labels(connection.broker.name).inc()
+        if retain:
+            self.metrics.retained.labels(connection.broker.name).inc()
         delivery = Delivery(message.mid, message.qos, connection.mqtt.generation, received_ns)
         connection.ledger.add(delivery)
         topic = message.topic
         payload = bytes(message.payload)
         headers = [
             ("mqtt.topic", topic.encode()),
-            ("mqtt.qos", str(message.qos).encode()),
-            ("mqtt.retain", b"true" if message.retain else b"false"),
-            ("mqtt.dup", b"true" if message.dup else b"false"),
-            ("source.broker", broker.encode()),
+            ("mqtt.qos", QOS_HEADER[message.qos]),
+            ("mqtt.retain", BOOL_HEADER[retain]),
+            ("mqtt.dup", BOOL_HEADER[dup]),
+            ("source.broker", connection.broker_header),
             ("received.at.ms", str(received_ns // 1_000_000).encode()),
         ]
         verdict = validate(topic, payload)
@@ -362,9 +379,9 @@ class MqttSource:
                 self.dlq_topic, key, payload, headers, delivery, connection, verdict.reason.value
             )
         self.queue.append(envelope)
-        self.queue_ready.set()
+        if not self.queue_ready.is_set():
+            self.queue_ready.set()
         self.in_flight += 1
-        self.metrics.in_flight.set(self.in_flight)
         if self.in_flight >= self.config.max_in_flight:
             self._pause()
 
@@ -422,26 +439,39 @@ class MqttSource:
         if future.cancelled() or future.exception() is not None:
             self._retry_later(envelope, future.exception() or asyncio.CancelledError())
             return
-        broker = envelope.connection.broker.name
+        connection = envelope.connection
         if envelope.reason is None:
-            envelope.connection.count_produced()
+            connection.count_produced()
         else:
-            self.metrics.rejected.labels(broker, envelope.reason).inc()
+            self.metrics.rejected.labels(connection.broker.name, envelope.reason).inc()
             _log_rejected(envelope, future.result())
         self.metrics.ack_latency.observe((time.time_ns() - envelope.delivery.received_ns) / 1e9)
-        self.health.progress()
         self.in_flight -= 1
-        self.metrics.in_flight.set(self.in_flight)
-        connection = envelope.connection
         if connection.mqtt.connected.is_set():
+            client = connection.mqtt.client
             for delivery in connection.ledger.complete(
                 envelope.delivery, connection.mqtt.generation
             ):
-                connection.mqtt.client.ack(delivery.mid, delivery.qos)
+                if delivery.qos == 1:
+                    client.queue_puback(delivery.mid)
+                else:  # QoS 2 (never subscribed to): paho's PUBCOMP, behind the rest
+                    client.ack(delivery.mid, delivery.qos)
+            if not self._acks_to_flush:
+                # Kafka acknowledges a batch at once: its records' callbacks are all queued on
+                # the loop already, so this runs after them and their PUBACKs leave in one
+                # write (per connection), in their order.
+                asyncio.get_running_loop().call_soon(self._flush_acks)
+            self._acks_to_flush.add(connection)
         else:
             connection.ledger.complete(envelope.delivery, -1)  # acks impossible: redelivered
         if self.in_flight <= self.config.max_in_flight // 2:
             self._resume()
+
+    def _flush_acks(self) -> None:
+        self.health.progress()
+        for connection in self._acks_to_flush:
+            connection.mqtt.client.flush_pubacks()
+        self._acks_to_flush.clear()
 
     # -- life cycle ------------------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from connectors.ledger import Delivery
 from connectors.mqtt_asyncio import AsyncioMqtt
-from connectors.mqtt_source import CHANNELS, BrokerConnection
+from connectors.mqtt_source import CHANNELS, BrokerConnection, Message
 from pipeline.lamps import CONNECTOR_CONTROL_PREFIX
 
 log = logging.getLogger(__name__)
@@ -276,7 +276,7 @@ class RestartGuard(BrokerConnection):
         )
         self.lost.set()
 
-    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, _c: Any, _u: Any, message: Message) -> None:
         if self.source.stopping.is_set():
             # Stopping: what was read is handled, nothing more is taken (the broker keeps it).
             self.mqtt.pause_reading()
@@ -298,7 +298,7 @@ class RestartGuard(BrokerConnection):
         self.metrics.guard_dropped.labels(self.broker.name).inc()
         self._ack_now(message)
 
-    def _ack_now(self, message: mqtt.MQTTMessage) -> None:
+    def _ack_now(self, message: Message) -> None:
         """Acknowledge without writing, in arrival order (behind forwards still in flight)."""
         delivery = Delivery(message.mid, message.qos, self.mqtt.generation, time.time_ns())
         self.ledger.add(delivery)
@@ -327,7 +327,7 @@ class RetiredSession(BrokerConnection):
     def _on_lost(self, reason: str) -> None:
         self.lost.set()
 
-    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, _c: Any, _u: Any, message: Message) -> None:
         self.last_message = time.monotonic()
         self.received += 1
         self.source.accept(self, message)

@@ -1,8 +1,10 @@
 """``veilleuse simulate``: a simulated fleet (``devtools/simulator``) published over real MQTT.
 
 Every lamp connects with its own provisioned credentials (username = lamp_id) and publishes
-only on its own topics, as in the field. One asyncio loop drives all the connections
-(``devtools/fleet.py``); messages go out at their time (``start_ms + at_ms``), and the
+only on its own topics, as in the field. Up to :data:`MAX_CONNECTIONS` lamps, one asyncio loop
+drives paho connections (``devtools/fleet.py``); beyond (or with ``sockets=True``), the socket
+load generator (``devtools/mqtt_load.py``) plays the same simulation from several processes,
+each generating its shard. Messages go out at their time (``start_ms + at_ms``), and the
 player measures how far behind it fell (``lag``): a player that lags makes the lamps' clocks
 look slow, so a lag of seconds voids the ground truth's deadlines, and is reported.
 """
@@ -17,20 +19,22 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from devtools.simulator import SimConfig, Simulation
+from devtools.simulator import Counts, GroundTruth, SimConfig, Simulation
 from pipeline.errors import VeilleuseError
 from pipeline.lamps import Credential
 from pipeline.settings import Settings
 
 if TYPE_CHECKING:
     from devtools.fleet import Fleet
+    from devtools.mqtt_load import LoadCounters
 
 log = logging.getLogger(__name__)
 
-# One TCP connection and one paho client per lamp: a few thousand fit this machine; beyond,
-# lamps would have to share connections under one account, which the brokers' ACLs (one
-# account per lamp) do not allow: not built.
+# One TCP connection and one paho client per lamp: a few thousand fit one process; beyond,
+# the socket load generator takes over (devtools/mqtt_load.py).
 MAX_CONNECTIONS = 5_000
+# Descriptors the broker keeps for itself (listeners, files, the pipeline's own clients).
+BROKER_RESERVED_FDS = 200
 
 
 class SimulationError(VeilleuseError):
@@ -47,6 +51,11 @@ class PlayStats:
     played_at: float = 0.0  # the last message handed to its connection
     finished_at: float = 0.0  # the broker acknowledged every QoS 1 message
     by_kind: dict[str, int] = field(default_factory=dict)
+    # The socket generator's own accounting (the paho path waits for every PUBACK instead).
+    sent_qos1: int = 0
+    acked: int = 0
+    unacked: int = 0
+    lost: int = 0
 
     @property
     def rate(self) -> float:
@@ -136,3 +145,95 @@ async def simulate(
         extra={"published": stats.published, "max_lag_ms": round(stats.max_lag_ms)},
     )
     return sim, stats
+
+
+@dataclass
+class PlayedFleet:
+    """What a sharded run generated: its shards' counts and ground truth, merged."""
+
+    config: SimConfig
+    counts: Counts
+    truth: GroundTruth
+
+
+async def simulate_sockets(
+    settings: Settings,
+    config: SimConfig,
+    *,
+    keep: bool = False,
+    processes: int = 0,
+    sources: int = 4,
+    on_progress: Callable[[PlayStats], None] | None = None,
+) -> tuple[PlayedFleet, PlayStats]:
+    """Provision the lamps, connect each from the socket load generator, play the simulation
+    starting once all are connected; revoke the accounts afterwards unless ``keep``."""
+    from devtools.mqtt_load import (
+        LampSpec,
+        LoadFleet,
+        default_sources,
+        nofile_limit,
+        processes_for,
+        start_margin_s,
+    )
+    from devtools.stack.context import StackContext
+    from devtools.stack.mosquitto import Mosquitto
+
+    broker = Mosquitto(StackContext(settings))
+    pid = broker.pid()
+    if pid is not None:  # our own broker: it holds one descriptor per connection
+        limit = nofile_limit(pid)
+        if config.lamps > limit - BROKER_RESERVED_FDS:
+            raise SimulationError(
+                f"{config.lamps:,} lamps need as many connections, and the stack's Mosquitto "
+                f"may open {limit:,} files (RLIMIT_NOFILE): raise the hard limit of the shell "
+                "that runs `veilleuse stack up`, or measure with `python -m "
+                "devtools.bench.mqtt_fleet` (several brokers); see docs/simulator.md"
+            )
+    target = settings.mqtt.brokers[0]
+    creds = broker.credentials().provision(config.lamp_ids())
+    broker.reload()
+    addresses = default_sources(sources)
+    specs = [
+        LampSpec(c.site_id, c.lamp_id, c.password, target.host, target.port, addresses[i % sources])
+        for i, c in enumerate(creds)
+    ]
+    fleet = LoadFleet(specs, processes or processes_for(config.lamps))
+    try:
+        fleet.start()
+        connected = await fleet.connect(timeout_s=60 + config.lamps / 500)
+        if connected.connected < config.lamps:
+            raise SimulationError(
+                f"{config.lamps - connected.connected} of {config.lamps} lamps could not "
+                f"connect: {'; '.join(connected.errors[:3])}"
+            )
+        started = time.time()
+        start_ms = int((started + start_margin_s(config.lamps)) * 1000)
+
+        def progress(c: LoadCounters) -> None:
+            if on_progress is not None:
+                on_progress(_play_stats(c, started))
+
+        played = await fleet.play(replace(config, start_ms=start_ms), progress)
+        stats = _play_stats(played.counters, start_ms / 1000)
+        stats.played_at = start_ms / 1000 + played.counters.play_s
+        stats.finished_at = stats.played_at + played.counters.drain_s
+    finally:
+        await fleet.close()
+        if not keep:
+            broker.credentials().revoke([c.lamp_id for c in creds])
+            broker.reload()
+    sim = PlayedFleet(replace(config, start_ms=start_ms), played.counts, played.truth)
+    log.info(
+        "simulation played",
+        extra={"published": stats.published, "acked": stats.acked, "unacked": stats.unacked,
+               "max_lag_ms": round(stats.max_lag_ms)},
+    )  # fmt: skip
+    return sim, stats
+
+
+def _play_stats(c: LoadCounters, started: float) -> PlayStats:
+    return PlayStats(
+        published=c.published, junk=c.junk, max_lag_ms=c.max_lag_ms,
+        lag_over_100ms=c.lag_over_100ms, started_at=started, sent_qos1=c.sent_qos1,
+        acked=c.acked, unacked=c.unacked, lost=c.lost,
+    )  # fmt: skip

@@ -243,7 +243,22 @@ class DetectionSettings(_Section):
         20_000, ge=1, description="Records processed (and committed) per batch at most."
     )
     standby_replicas: int = Field(
-        0, ge=0, description="Standby copies of the table state on other workers."
+        1,
+        ge=0,
+        description="Standby copies of the table state on other workers (kept warm in memory: "
+        "a survivor takes a dead worker's partitions over without re-reading their changelog).",
+    )
+    static_membership: bool = Field(
+        False,
+        description="Join the consumer group as a static member (KIP-345, group instance id "
+        "<app_id>-<instance_id>): a worker restarted under its instance id within "
+        "session_timeout_s gets its partitions back without a rebalance, but a stopped one "
+        "keeps them until session_timeout_s (docs/runtime.md, Failover).",
+    )
+    restore_in_batches: bool = Field(
+        True,
+        description="Apply each fetch of a changelog at once in recovery (false: faust's "
+        "per-event path, only to compare them: devtools/bench/restore.py).",
     )
     session_timeout_s: float = Field(
         10,

@@ -48,7 +48,18 @@ import faust
 from faust.types import TP
 from mode import Service
 
-from agents.runtime.faust_internals import BatchRoutingApp, mirror_committed, stored_values
+from agents.runtime.faust_internals import (
+    BatchRoutingApp,
+    CommitFencedError,
+    FencingProducer,
+    GroupMembership,
+    applied_offset,
+    fetch_position,
+    group_membership,
+    mirror_committed,
+    stored_values,
+    written_span,
+)
 from pipeline.clients import client_options
 from pipeline.errors import VeilleuseError
 from pipeline.health import Health
@@ -235,6 +246,11 @@ class BatchProcessor(Service):
         self.room.set()
         self.lock = asyncio.Lock()
         self.ready: set[int] = set()
+        # Partitions revoked by a rebalance whose agents' state is kept until the rebalance
+        # ends: partition -> each table's applied changelog offset at the revocation. Given
+        # back with nothing new in their changelogs, they are ready again at once, without
+        # rebuilding their state (eager rebalancing revokes every partition, every time).
+        self.suspended: dict[int, tuple[int | None, ...]] = {}
         self.next_offset: dict[TP, int] = {}
         # (main topic, partition) -> the newest ingest time seen: an agent's partition clock
         # while its first topic's partition is behind.
@@ -297,8 +313,7 @@ class BatchProcessor(Service):
                 self.ingest_clock.pop(tp, None)
                 if tp.partition in self.ready:
                     self.ready.discard(tp.partition)
-                    for agent in self.agents:
-                        agent.revoke(tp.partition)
+                    self.suspended[tp.partition] = self._applied(tp.partition)
             if self.buffered < self.max_batch:
                 self.room.set()
         log.info("revoked %s", sorted({tp.partition for tp in revoked if tp.topic in self.readers}))
@@ -313,13 +328,53 @@ class BatchProcessor(Service):
                 self.ready.discard(partition)
                 for agent in self.agents:
                     agent.revoke(partition)
+            # A suspended partition given back keeps its state only if no changelog record
+            # of it was applied meanwhile (nobody else wrote it; an unknown offset is a change).
+            kept = []
+            for partition, applied in sorted(self.suspended.items()):
+                if (
+                    partition in assigned
+                    and None not in applied
+                    and applied == self._applied(partition)
+                ):
+                    kept.append(partition)
+                else:
+                    for agent in self.agents:
+                        agent.revoke(partition)
+            self.suspended.clear()
+            self.ready.update(kept)
             new = sorted(assigned - self.ready)
-            if not new:
+            if not new and not kept:
                 return
-            for lane in self.lanes:
-                lane.agent.assign(new, stored_values(lane.table))
+            if new:
+                for lane in self.lanes:
+                    lane.agent.assign(new, stored_values(lane.table, new))
             self.ready.update(new)
-        log.info("partitions ready: %s", new, extra={"component": self.component})
+            self._note_start_offsets(kept + new)
+        log.info(
+            "partitions ready: %s",
+            sorted(kept + new),
+            extra={"component": self.component, "kept": kept, "restored": new},
+        )
+
+    def _applied(self, partition: int) -> tuple[int | None, ...]:
+        """Each table's applied changelog offset of ``partition`` (None: unknown)."""
+        return tuple(applied_offset(lane.table, partition) for lane in self.lanes)
+
+    def _note_start_offsets(self, partitions: Sequence[int]) -> None:
+        """Where processing of partitions just handed out starts: faust keeps them paused from
+        their assignment until recovered, so their fetch position, when known, is their
+        committed offset (or a record of theirs is already buffered). A batch with outputs and
+        no records (deadlines firing) sends these as its offsets, for the group coordinator to
+        check the membership they come with (:meth:`_fence_offsets`). Read without awaiting:
+        aiokafka's ``position()`` waits for a paused partition's position, which only comes
+        once faust resumes it, after this callback (a deadlock, found by the fencing test)."""
+        for tp in self.app.consumer.assignment():
+            if tp.topic in self.readers and tp.partition in partitions:
+                waiting = self.buffers.get(tp)
+                start = waiting[0].offset if waiting else fetch_position(self.app, tp)
+                if start is not None:
+                    self.next_offset.setdefault(tp, start)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -330,9 +385,9 @@ class BatchProcessor(Service):
     async def _start_producer(self) -> None:
         """(Re)start the transactional producer: starting registers the transactional id,
         which aborts whatever its previous producer left open and fences that producer."""
-        from aiokafka import AIOKafkaProducer
-
-        self.producer = AIOKafkaProducer(
+        # aiokafka's producer, its transaction offsets sent with the consumer's group membership
+        # (KIP-447): the group coordinator refuses those of a worker no longer in the group.
+        self.producer = FencingProducer(
             acks="all",
             enable_idempotence=True,
             transactional_id=self.transactional_id,
@@ -400,6 +455,14 @@ class BatchProcessor(Service):
 
     async def _cycle(self) -> None:
         self.wakeup.clear()
+        # The membership under which this batch is processed, sent with its offsets: the group
+        # coordinator refuses them if the group moved on meanwhile (a worker paused past its
+        # session, its partitions given to another). Without one (not joined yet, or aiokafka
+        # reset it before rejoining) nothing processed could be committed: wait for the
+        # rebalance that follows, which hands the partitions out again.
+        membership = group_membership(self.app)
+        if membership is None:
+            return
         buffers, self.buffers = self.buffers, defaultdict(list)
         taken = self.buffered
         self.buffered = 0
@@ -432,20 +495,90 @@ class BatchProcessor(Service):
                 if wall is not None:
                     agent.advance(partition, wall)
         results = [(lane, lane.agent.take_result()) for lane in self.lanes]
-        if offsets or any(r.produce or any(r.changelog.values()) for _, r in results):
-            await self._commit_retrying(results, offsets)
+        if await self._commit_batch(results, offsets, membership):
+            self._batch_done(taken, time.perf_counter() - started, results, offsets)
+
+    def _batch_done(
+        self,
+        taken: int,
+        elapsed: float,
+        results: Sequence[tuple[Lane, BatchResult]],
+        offsets: Mapping[TP, int],
+    ) -> None:
+        """A batch committed: its figures, and progress if it consumed records."""
         if self.metrics is not None:
             for tp in offsets:
                 waiting = self.buffers.get(tp)
                 self.metrics.lag.finished(
                     tp.topic, tp.partition, waiting[0].offset if waiting else None
                 )
-        elapsed = time.perf_counter() - started
         self.batches += 1
         if self.metrics is not None:
             self.metrics.observe_batch(taken, elapsed, merge_results(r for _, r in results))
         if offsets:
             self.health.progress()
+
+    async def _commit_batch(
+        self,
+        results: Sequence[tuple[Lane, BatchResult]],
+        offsets: Mapping[TP, int],
+        membership: GroupMembership,
+    ) -> bool:
+        """Commit what the batch made, if anything; False if the group refused it."""
+        if not (offsets or any(r.produce or any(r.changelog.values()) for _, r in results)):
+            return True
+        try:
+            await self._commit_retrying(results, offsets or self._fence_offsets(), membership)
+        except CommitFencedError as exc:
+            self._forget_after_fence(exc)
+            return False
+        return True
+
+    def _fence_offsets(self) -> dict[TP, int]:
+        """The offsets of a batch with outputs and no records (deadlines firing): where the
+        ready partitions stand, committed again unchanged. They carry the membership: without
+        them the group coordinator would check nothing, and a cut-off worker could raise alerts
+        for partitions it lost."""
+        held = {tp: o for tp, o in self.next_offset.items() if tp.partition in self.ready}
+        if not held:
+            # No position was known when they were handed out: the fetch position of those with
+            # nothing buffered (all they fetched is processed, unless a fetch is being handed
+            # over right now: rare, and then only those records would be skipped after a crash).
+            for tp in self.app.consumer.assignment():
+                if tp.topic not in self.readers or tp.partition not in self.ready:
+                    continue
+                position = fetch_position(self.app, tp)
+                if position is not None and not self.buffers.get(tp):
+                    held[tp] = position
+        if not held:
+            raise StreamingError("a batch with outputs and no offset known to send with them")
+        return held
+
+    def _forget_after_fence(self, exc: CommitFencedError) -> None:
+        """The group refused this batch: its transaction is aborted (outputs and changelog
+        included), and every partition's state in memory, ahead of what was committed, goes.
+        The partitions come back, from their committed state, when the group hands them out
+        again (:meth:`_on_recovered`): the coordinator no longer knows this membership, so the
+        consumer rejoins."""
+        partitions = sorted(self.ready)
+        for partition in partitions:
+            for agent in self.agents:
+                agent.revoke(partition)
+        self.ready.clear()
+        self.buffers.clear()
+        self.buffered = 0
+        self.room.set()
+        if self.metrics is not None:
+            self.metrics.lag.forget([(tp.topic, tp.partition) for tp in self.next_offset])
+        self.next_offset.clear()
+        self.ingest_clock.clear()
+        log.warning(
+            "commit refused, batch aborted: %s; state of partitions %s dropped until the group "
+            "hands partitions out again",
+            exc,
+            partitions,
+            extra={"component": self.component},
+        )
 
     async def _partition_clock(self, tp: TP, now_ms: int) -> int | None:
         """Wall time up to which the input partition ``tp`` (an agent's first topic) is known:
@@ -472,7 +605,10 @@ class BatchProcessor(Service):
         return self.ingest_clock.get(tp)
 
     async def _commit_retrying(
-        self, results: Sequence[tuple[Lane, BatchResult]], offsets: Mapping[TP, int]
+        self,
+        results: Sequence[tuple[Lane, BatchResult]],
+        offsets: Mapping[TP, int],
+        membership: GroupMembership,
     ) -> None:
         """Commit the batch; a Kafka error (a partition without a leader for a while, the
         broker restarting) aborts the transaction and sends the same outputs again in a new
@@ -491,10 +627,21 @@ class BatchProcessor(Service):
             try:
                 if self.producer is None:
                     await self._start_producer()
-                await self._commit(results, offsets)
+                await self._commit(results, offsets, membership)
                 if self.health.problems:
                     self.health.ok("kafka")
                 return
+            except CommitFencedError:
+                # aiokafka would end the transaction locally without telling the broker (see
+                # FencingProducer): a fresh producer aborts it now, so that read_committed
+                # readers of its partitions are not held back until it times out.
+                await self._drop_producer()
+                try:
+                    await self._start_producer()
+                except Exception:  # the next batch starts one (and aborts it then)
+                    log.warning("no fresh producer after the refused commit", exc_info=True)
+                    await self._drop_producer()
+                raise
             except ProducerFenced as exc:
                 # Without an outage: another process took this worker's identity, this one is
                 # the zombie. After one (a failed attempt, or this transaction open past its
@@ -529,30 +676,38 @@ class BatchProcessor(Service):
 
     async def _send_changelog(
         self, topic: str, partition: int, items: Mapping[bytes, bytes | None]
-    ) -> list[asyncio.Future[Any]]:
+    ) -> list[tuple[asyncio.Future[Any], int]]:
+        """Each delivery with its record count (the table's store needs the offsets written)."""
         # Whole batches rather than one send per record: the changelog is the bulk of what a
         # batch writes, and per-record sends would cost more than the rules themselves.
         producer = self.producer
         sent = []
         batch = producer.create_batch()
+        count = 0
         for key, value in items.items():
             if batch.append(key=key, value=value, timestamp=None) is None:
                 batch.close()
-                sent.append(await producer.send_batch(batch, topic, partition=partition))
+                sent.append((await producer.send_batch(batch, topic, partition=partition), count))
                 batch = producer.create_batch()
                 batch.append(key=key, value=value, timestamp=None)
+                count = 0
+            count += 1
         batch.close()
-        sent.append(await producer.send_batch(batch, topic, partition=partition))
+        sent.append((await producer.send_batch(batch, topic, partition=partition), count))
         return sent
 
     async def _commit(
-        self, results: Sequence[tuple[Lane, BatchResult]], offsets: Mapping[TP, int]
+        self,
+        results: Sequence[tuple[Lane, BatchResult]],
+        offsets: Mapping[TP, int],
+        membership: GroupMembership,
     ) -> None:
         """One transaction: every agent's outputs and changelog, and the consumer offsets of a
         batch (one per input partition, whichever agents read it).
 
-        aiokafka's public transaction calls (``begin_transaction``, ``send_offsets_to_transaction``,
-        ``commit_transaction``, ``abort_transaction``), not its ``transaction()`` context: that
+        aiokafka's public transaction calls (``begin_transaction``, ``commit_transaction``,
+        ``abort_transaction``; the offsets through :class:`FencingProducer`, which sends them
+        with the consumer's group membership), not its ``transaction()`` context: that
         one aborts on any exception and waits for the abort without a bound, also in an outage
         or after a failed commit. Here the abort happens only while the transaction is open
         (begun, not yet committing) and not fenced, bounded to 10 s; in every other case the
@@ -567,8 +722,17 @@ class BatchProcessor(Service):
         open_transaction = True
         logged: list[tuple[Produce, asyncio.Future[Any]]] = []
         deliveries: list[asyncio.Future[Any]] = []
+        fenced_offsets = {TopicPartition(tp.topic, tp.partition): o for tp, o in offsets.items()}
+        # (lane index, changelog partition) -> its deliveries and their record counts
+        changelog_sent: dict[tuple[int, int], list[tuple[asyncio.Future[Any], int]]] = {}
         try:
-            for lane, result in results:
+            # The fence, first before anything is written: the group coordinator takes the
+            # offsets only from the membership the batch was processed under (CommitFencedError
+            # otherwise). A worker that was cut off between two batches, or while processing
+            # one, is refused here and writes nothing: the changelogs it would have written
+            # to do not end with its aborted records.
+            await producer.send_fenced_offsets(fenced_offsets, self.app.conf.id, membership)
+            for index, (lane, result) in enumerate(results):
                 for item in result.produce:
                     sent = await producer.send(
                         item.topic, item.value, key=item.key, headers=item.headers
@@ -579,31 +743,40 @@ class BatchProcessor(Service):
                 changelog_topic = lane.table.changelog_topic.get_topic_name()
                 for partition, items in result.changelog.items():
                     if items:
-                        deliveries += await self._send_changelog(changelog_topic, partition, items)
-            if offsets:
-                await producer.send_offsets_to_transaction(
-                    {TopicPartition(tp.topic, tp.partition): o for tp, o in offsets.items()},
-                    self.app.conf.id,
-                )
+                        sent_items = await self._send_changelog(changelog_topic, partition, items)
+                        changelog_sent[index, partition] = sent_items
+                        deliveries += [delivery for delivery, _ in sent_items]
             # aiokafka fails a batch whose partition has had no leader for request_timeout_ms
             # (NotLeaderForPartitionError) without failing the transaction, whose commit then
             # succeeds without that batch: an alert lost while its input's offset is committed.
             # Every delivery must have succeeded before the commit.
             await asyncio.gather(*deliveries)
+            # And again as late as it can be (the same offsets, in the same transaction): for a
+            # worker cut off while it was writing. What remains between this answer and the
+            # commit is docs/runtime.md's "Fencing" window.
+            await producer.send_fenced_offsets(fenced_offsets, self.app.conf.id, membership)
             # From here aiokafka's transaction is committing: an abort is no longer allowed.
             open_transaction = False
             await producer.commit_transaction()
         except BaseException as exc:
-            # A fenced producer can no longer abort (the broker did, when it fenced it).
-            if open_transaction and not isinstance(exc, ProducerFenced):
+            # A fenced producer can no longer abort (the broker did, when it fenced it); after a
+            # refused commit aiokafka would abort locally only (_commit_retrying starts a fresh
+            # producer, which aborts it on the broker).
+            if open_transaction and not isinstance(exc, ProducerFenced | CommitFencedError):
                 try:
                     await asyncio.wait_for(producer.abort_transaction(), 10)
                 except Exception:  # the next producer's start aborts it in any case
                     log.exception("abort failed", extra={"throttle": True})
             raise
-        # Each table mirrors the committed state: standbys and the next recovery read the same.
-        for lane, result in results:
-            mirror_committed(lane.table, result.changelog.values())
+        # Each table's store mirrors the committed changelog, with the offsets it was written at:
+        # the next recovery of a partition this worker keeps resumes from there.
+        for index, (lane, result) in enumerate(results):
+            written = {
+                partition: written_span([(f.result().offset, n) for f, n in sent])
+                for (i, partition), sent in changelog_sent.items()
+                if i == index
+            }
+            mirror_committed(lane.table, result.changelog, written)
         if self.metrics is not None:
             self.metrics.observe_commit(
                 time.perf_counter() - began, merge_results(r for _, r in results)

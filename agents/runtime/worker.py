@@ -12,6 +12,7 @@ Kafka transaction of the worker's one transactional producer. Several workers wi
 from __future__ import annotations
 
 import logging
+import socket
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 from agents.api import AgentSpec, wall_clock_ms
 from agents.registry import agent_settings, check_agent_sections, installed_agents, select_agents
+from agents.runtime.faust_internals import STORE_URL
 from agents.runtime.live import LiveStateServer
 from agents.runtime.streaming import (
     AgentCounters,
@@ -65,7 +67,9 @@ def build_app(
     app = StreamingApp(
         detection.app_id,
         **faust_broker_options(settings),
-        store="memory://",
+        # In memory, keeping what it still holds across rebalances with the changelog offsets
+        # it applied, so that recovery resumes there (faust_internals.ChangelogOffsetStore).
+        store=STORE_URL,
         autodiscover=False,
         web_enabled=False,
         datadir=str(datadir or Path(tempfile.gettempdir()) / f"veilleuse-{instance or 'worker'}"),
@@ -84,6 +88,10 @@ def build_app(
         table_key_serializer="raw",
         table_value_serializer="raw",
     )
+    app.restore_in_batches = detection.restore_in_batches
+    if detection.static_membership:
+        # The same name as the transactional id: one per worker, stable across its restarts.
+        app.group_instance_id = f"{detection.app_id}-{instance or socket.gethostname()}"
     lanes: list[Lane] = []
     for spec in specs:
         agent = spec.build(settings, agent_settings(spec, settings), wall_clock_ms)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -21,6 +22,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,15 @@ from agents.rules import rule_settings
 from agents.rules.fall import FallSettings
 from devtools.bench import stats
 from devtools.bench.load import PER_LAMP_RATE, StepSpec, publish_step
-from devtools.bench.probes import AlertTail, Offsets, machine, ready_at
+from devtools.bench.probes import (
+    AlertTail,
+    CpuMeter,
+    Offsets,
+    machine,
+    ready_at,
+    session_present,
+    stack_pids,
+)
 from devtools.processes import PipelineProcess as Process
 from pipeline.errors import VeilleuseError
 from pipeline.ports import free_port
@@ -51,7 +61,11 @@ class BenchOptions:
     duration_s: float = 40.0
     rates: Sequence[float] = ()  # empty: search (find-max)
     start_rate: float = 1000.0
-    baseline_start_rate: float = 100.0
+    # Half the pipeline's: the doubling rates meet (1,000, 2,000…) as long as both pass, and the
+    # run ends with both sides at the baseline's highest passing rate if the pipeline did not
+    # play it: each rate both played compares their CPU per message at equal work.
+    baseline_start_rate: float = 500.0
+    baseline_threads: int = 10  # the Sidekiq-style pool (devtools/bench/baseline.py)
     falls_per_step: int = 10
     max_steps: int = 5
     drain_s: float = 60.0
@@ -61,6 +75,10 @@ class BenchOptions:
     systems: Sequence[str] = ("pipeline", "baseline")
     publishers: int = 2  # processes playing the fleet (one: 4,059-4,763 msg/s measured alone)
     keep: bool = False
+    # Before each step, every process tree's CPU is read over this many seconds without load
+    # (the side's processes idle, the services with whatever else the machine does): the
+    # floor subtracted in the "net of idle" figures.
+    idle_s: float = 5.0
 
 
 @dataclass
@@ -224,10 +242,17 @@ class Run:
             await admin.close()
 
     def discard_session(self) -> None:
+        """What ``veilleuse connector --discard-session`` does, for the bench's connector."""
         from connectors.mqtt_source import discard_sessions
 
         mqtt = self.settings.mqtt.model_copy(update={"client_id": self.share_group})
         discard_sessions(self.settings.model_copy(update={"mqtt": mqtt}))
+
+    def connector_session_present(self) -> bool:
+        """Whether the broker still holds the bench connector's session (the connector names
+        its session ``<client id>-<broker name>``)."""
+        broker = self.settings.mqtt.brokers[0]
+        return session_present(self.settings, f"{self.share_group}-{broker.name}")
 
 
 # -- one step ---------------------------------------------------------------------------------
@@ -245,8 +270,11 @@ async def play_step(  # noqa: PLR0917 - one call site, every argument named ther
     processed: Probe,
     alerted: Latencies,
     procs: Sequence[Process],
+    roots: dict[str, Callable[[], set[int]]],
 ) -> stats.StepResult:
-    """Publish one step of load at ``rate``; sample the backlog; collect the fall latencies."""
+    """Publish one step of load at ``rate``; sample the backlog; read the CPU time of every
+    process tree in ``roots`` (and of the publishers) over the load window; collect the fall
+    latencies."""
     options = run.options
     confirm_s = rule_settings(run.settings, FallSettings).confirm_s
     broker = run.settings.mqtt.brokers[0].model_dump(mode="json")
@@ -276,6 +304,9 @@ async def play_step(  # noqa: PLR0917 - one call site, every argument named ther
         publisher.start()
     samples: list[stats.Sample] = []
     sent_falls: list[tuple[str, int]] = []
+    meter = CpuMeter(
+        {**roots, "publishers": lambda: {p.pid for p in publishers if p.pid is not None}}
+    )
     try:
         deadline = time.monotonic() + 120
         while not all(p[0] for p in progress):
@@ -284,6 +315,9 @@ async def play_step(  # noqa: PLR0917 - one call site, every argument named ther
             await asyncio.sleep(0.05)
         go.set()
         started = time.time()
+        # The CPU window is the load's: from "go" to the last sample, over which the messages
+        # processed are counted too (the first and the last sample).
+        cpu_first = meter.read()
         while True:
             now = time.time()
             done = await processed() - base
@@ -293,6 +327,7 @@ async def play_step(  # noqa: PLR0917 - one call site, every argument named ther
             if now - started >= options.duration_s:
                 break
             await asyncio.sleep(SAMPLE_S)
+        window_s, cpu_s = CpuMeter.delta(cpu_first, meter.read())
         for _ in publishers:
             sent_falls += await asyncio.to_thread(queue.get, True, 180)
         for publisher in publishers:
@@ -318,6 +353,9 @@ async def play_step(  # noqa: PLR0917 - one call site, every argument named ther
         latencies_s=sorted(latencies.values()),
         falls=len(sent_falls),
         missing=missing,
+        cpu_s=cpu_s,
+        window_s=window_s,
+        window_processed=samples[-1].processed - samples[0].processed,
     )
 
 
@@ -369,119 +407,211 @@ async def fall_latencies(
     return out
 
 
-def start_pipeline(run: Run) -> tuple[list[Process], int]:
-    """The pipeline's processes (connector, worker, both sinks) and the connector's metrics
-    port."""
-    env = run.env()
-    port = free_port()
-    connector_env = {
-        **env,
-        "VEILLEUSE_MQTT__SHARE_GROUP": run.share_group,
-        "VEILLEUSE_MQTT__CLIENT_ID": run.share_group,
-        "VEILLEUSE_MQTT__SESSION_EXPIRY_S": "600",
-        "VEILLEUSE_CONNECTOR__METRICS_PORT": str(port),
-    }
-    procs = [
-        process("connector", ["connector"], connector_env, run.workdir),
-        process("worker", ["worker", "--instance-id", f"bench{run.run_id}"], env, run.workdir),
-        process("sink-elasticsearch", ["sink", "elasticsearch"], env, run.workdir),
-        process("sink-postgres", ["sink", "postgres"], env, run.workdir),
-    ]
-    return procs, port
+async def idle_rates(roots: dict[str, Callable[[], set[int]]], seconds: float) -> dict[str, float]:
+    """CPU seconds per second of each process tree while the side's processes run without
+    load (the services' share includes whatever else the machine does)."""
+    if seconds <= 0:
+        return {}
+    meter = CpuMeter(roots)
+    first = meter.read()
+    await asyncio.sleep(seconds)
+    took, used = CpuMeter.delta(first, meter.read())
+    return {name: cpu / took for name, cpu in used.items()}
 
 
-async def run_pipeline(run: Run, report: BenchReport, echo: Callable[[str], None]) -> None:
-    from pipeline.topics import LAMP_MESSAGES, ensure_topics, topic_name
+class PipelineSide:
+    """The pipeline's processes: the worker and both sinks started once and kept; the connector
+    started for each of the pipeline's steps and stopped, its persistent session discarded,
+    before each of the baseline's (so the broker queues nothing for it meanwhile)."""
 
-    await ensure_topics(run.settings)
-    env = run.env()
-    procs, port = start_pipeline(run)
-    worker_group = env["VEILLEUSE_DETECTION__APP_ID"]
-    es_group = f"{run.prefix}veilleuse-sink-elasticsearch"
-    partitions = run.settings.kafka.topic_partitions
-    fall_ids = {lamp_id.encode() for _, lamp_id, _ in run.fall_pool}
-    try:
-        await wait_until("connector subscribed", lambda: connector_subscribed(port), procs)
+    def __init__(
+        self, run: Run, report: BenchReport, echo: Callable[[str], None], stack: AsyncExitStack
+    ) -> None:
+        self.run = run
+        self.report = report
+        self.echo = echo
+        self.stack = stack
+        self.env = run.env()
+        self.port = free_port()
+        self.connector: Process | None = None
+        self.procs: list[Process] = []
+        self.trace: list[tuple[float, dict[str, int]]] = []
+        self.pool = list(run.fall_pool[: len(run.fall_pool) // 2])
+        self.stopped = False  # the search stopped (the pipeline did not catch up)
+
+    def connector_env(self) -> dict[str, str]:
+        return {
+            **self.env,
+            "VEILLEUSE_MQTT__SHARE_GROUP": self.run.share_group,
+            "VEILLEUSE_MQTT__CLIENT_ID": self.run.share_group,
+            "VEILLEUSE_MQTT__SESSION_EXPIRY_S": "600",
+            "VEILLEUSE_CONNECTOR__METRICS_PORT": str(self.port),
+        }
+
+    async def start(self) -> None:
+        from pipeline.topics import LAMP_MESSAGES, ensure_topics, topic_name
+
+        run = self.run
+        await ensure_topics(run.settings)
+        self.procs = [
+            process(
+                "worker", ["worker", "--instance-id", f"bench{run.run_id}"], self.env, run.workdir
+            ),
+            process("sink-elasticsearch", ["sink", "elasticsearch"], self.env, run.workdir),
+            process("sink-postgres", ["sink", "postgres"], self.env, run.workdir),
+        ]
+        partitions = run.settings.kafka.topic_partitions
         await wait_until(
-            "worker ready", lambda: ready_at(procs[1].log_file, partitions) is not None, procs
+            "worker ready",
+            lambda: ready_at(self.procs[0].log_file, partitions) is not None,
+            self.procs,
         )
-        async with (
-            Offsets(run.settings, topic_name(run.settings, LAMP_MESSAGES)) as offsets,
-            AlertTail(run.settings, lambda key: key in fall_ids) as alerts,
-        ):
-            trace: list[tuple[float, dict[str, int]]] = []
+        fall_ids = {lamp_id.encode() for _, lamp_id, _ in run.fall_pool}
+        self.offsets = await self.stack.enter_async_context(
+            Offsets(run.settings, topic_name(run.settings, LAMP_MESSAGES))
+        )
+        self.alerts = await self.stack.enter_async_context(
+            AlertTail(run.settings, lambda key: key in fall_ids)
+        )
 
-            async def processed() -> int:
-                # The slowest of detection and the search sink, counted in Kafka records: what
-                # the connector has not written yet is not there either.
-                end = await offsets.end()
-                worker = await offsets.committed(worker_group)
-                sink = await offsets.committed(es_group)
-                trace.append(
-                    (time.time(), {"kafka": end, "worker": worker, "sink-elasticsearch": sink})
+    async def start_connector(self) -> None:
+        # A fresh metrics port each time: a port free when the run started may have been taken
+        # since (another process's ephemeral port); a lost race is retried.
+        for attempt in range(3):
+            self.port = free_port()
+            self.connector = process(
+                "connector", ["connector"], self.connector_env(), self.run.workdir
+            )
+            try:
+                await wait_until(
+                    "connector subscribed",
+                    lambda: connector_subscribed(self.port),
+                    [self.connector, *self.procs],
                 )
-                return min(worker, sink)
+                return
+            except BenchError:
+                if attempt == 2 or "Address already in use" not in self.connector.tail(5):
+                    raise
+                log.warning("bench connector: metrics port taken, retrying")
 
-            async def alerted(falls: list[tuple[str, int]]) -> dict[str, float]:
-                confirm_s = rule_settings(run.settings, FallSettings).confirm_s
-                return await fall_latencies(alerts, falls, confirm_s)
+    async def stop_connector(self) -> None:
+        if self.connector is None:
+            return
+        self.connector.stop()
+        self.check_exit(self.connector)
+        self.connector = None
+        await asyncio.to_thread(self.run.discard_session)
 
-            pick = rates_to_play(run.options, run.options.start_rate)
-            pool = list(run.fall_pool)
-            published = 0
-            while (rate := pick(report.pipeline)) is not None:
-                falls, pool = pool[: run.options.falls_per_step], pool[run.options.falls_per_step :]
-                start_end = await offsets.end()
-                trace.clear()
-                result = await play_step(run, "pipeline", rate, falls, processed, alerted, procs)
-                result.stages = stats.stage_rates(trace, result.seconds)
-                published += result.published
-                report.pipeline.append(result)
-                echo(step_line(result))
-                drained, took = await drain(
-                    processed, start_end + result.published, run.options.drain_s, procs
-                )
-                if not drained:
-                    note = (
-                        f"the pipeline had not caught up {took:.0f} s after the "
-                        f"{rate:,.0f} msg/s step: search stopped"
-                    )
-                    report.notes.append(note)
-                    echo(note)
-                    break
-            report.counts["pipeline_published"] = published
-    finally:
-        for proc in procs:
+    def check_exit(self, proc: Process) -> None:
+        if proc.returncode not in (0, -signal.SIGTERM):
+            self.report.notes.append(f"{proc.name} exited with {proc.returncode} ({proc.log_file})")
+
+    async def close(self) -> None:
+        await self.stop_connector()
+        for proc in self.procs:
             proc.stop()
-        for proc in procs:
-            if proc.returncode not in (0, -signal.SIGTERM):
-                report.notes.append(f"{proc.name} exited with {proc.returncode} ({proc.log_file})")
+        for proc in self.procs:
+            self.check_exit(proc)
+
+    def roots(self) -> dict[str, Callable[[], set[int]]]:
+        def pid_of(name: str) -> Callable[[], set[int]]:
+            def pids() -> set[int]:
+                procs = [self.connector] if name == "connector" else self.procs
+                return {
+                    p.proc.pid
+                    for p in procs
+                    if p is not None and p.name == name and p.proc is not None
+                }
+
+            return pids
+
+        return {name: pid_of(name) for name in stats.PIPELINE_PARTS if name not in stats.SERVICES}
+
+    async def processed(self) -> int:
+        # The slowest of detection and the search sink, counted in Kafka records: what the
+        # connector has not written yet is not there either.
+        end = await self.offsets.end()
+        worker = await self.offsets.committed(self.env["VEILLEUSE_DETECTION__APP_ID"])
+        sink = await self.offsets.committed(f"{self.run.prefix}veilleuse-sink-elasticsearch")
+        self.trace.append(
+            (time.time(), {"kafka": end, "worker": worker, "sink-elasticsearch": sink})
+        )
+        return min(worker, sink)
+
+    async def alerted(self, falls: list[tuple[str, int]]) -> dict[str, float]:
+        confirm_s = rule_settings(self.run.settings, FallSettings).confirm_s
+        return await fall_latencies(self.alerts, falls, confirm_s)
+
+    async def step(self, rate: float, services: dict[str, Callable[[], set[int]]]) -> None:
+        run, options = self.run, self.run.options
+        await self.start_connector()
+        try:
+            procs = [p for p in [self.connector, *self.procs] if p is not None]
+            idle = await idle_rates({**self.roots(), **services}, options.idle_s)
+            falls, self.pool = (
+                self.pool[: options.falls_per_step],
+                self.pool[options.falls_per_step :],
+            )
+            start_end = await self.offsets.end()
+            self.trace.clear()
+            result = await play_step(
+                run,
+                "pipeline",
+                rate,
+                falls,
+                self.processed,
+                self.alerted,
+                procs,
+                {**self.roots(), **services},
+            )
+            result.idle_cpu_per_s = idle
+            result.stages = stats.stage_rates(self.trace, result.seconds)
+            self.report.pipeline.append(result)
+            self.report.counts["pipeline_published"] = (
+                self.report.counts.get("pipeline_published", 0) + result.published
+            )
+            self.echo(step_line(result))
+            drained, took = await drain(
+                self.processed, start_end + result.published, options.drain_s, procs
+            )
+            if not drained:
+                note = (
+                    f"the pipeline had not caught up {took:.0f} s after the "
+                    f"{rate:,.0f} msg/s step: its search stopped"
+                )
+                self.report.notes.append(note)
+                self.echo(note)
+                self.stopped = True
+        finally:
+            # Before the baseline's step: nothing may be queued for a stopped connector.
+            await self.stop_connector()
 
 
-async def run_baseline(run: Run, report: BenchReport, echo: Callable[[str], None]) -> None:
-    import psycopg
+class BaselineSide:
+    """The baseline (``veilleuse bench-baseline``): a fresh process (clean session) per step."""
 
-    conninfo = run.settings.postgres.conninfo()
+    def __init__(self, run: Run, report: BenchReport, echo: Callable[[str], None]) -> None:
+        self.run = run
+        self.report = report
+        self.echo = echo
+        self.conninfo = run.settings.postgres.conninfo()
+        self.pool = list(run.fall_pool[len(run.fall_pool) // 2 :])
+        self.steps = 0
+        self.progress_file = run.workdir / "baseline-progress"
 
-    def count_rows() -> int:
-        with psycopg.connect(conninfo) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM bench_baseline_messages"
-                " WHERE to_regclass('bench_baseline_messages') IS NOT NULL"
-            ).fetchone()
-            return int(row[0]) if row else 0
-
-    async def processed() -> int:
-        with contextlib.suppress(psycopg.errors.UndefinedTable):
-            return await asyncio.to_thread(count_rows)
+    async def processed(self) -> int:
+        with contextlib.suppress(OSError, ValueError):
+            return int(self.progress_file.read_text())
         return 0
 
-    async def alerted(falls: list[tuple[str, int]]) -> dict[str, float]:
+    async def alerted(self, falls: list[tuple[str, int]]) -> dict[str, float]:
+        import psycopg
+
         lamps = [lamp for lamp, _ in falls]
         deadline = time.monotonic() + 10
         rows: list[tuple[str, int, int]] = []
         while time.monotonic() < deadline:
-            with psycopg.connect(conninfo) as conn:
+            with psycopg.connect(self.conninfo) as conn:
                 rows = conn.execute(
                     "SELECT lamp_id, due_at, raised_at FROM bench_baseline_alerts"
                     " WHERE lamp_id = ANY(%s)",
@@ -492,30 +622,102 @@ async def run_baseline(run: Run, report: BenchReport, echo: Callable[[str], None
             await asyncio.sleep(0.2)
         return {lamp: (raised - due) / 1000 for lamp, due, raised in rows}
 
-    pick = rates_to_play(run.options, run.options.baseline_start_rate)
-    pool = list(run.fall_pool[len(run.fall_pool) // 2 :])
-    step = published = 0
-    while (rate := pick(report.baseline)) is not None:
-        falls, pool = pool[: run.options.falls_per_step], pool[run.options.falls_per_step :]
-        client_id = f"bench{run.run_id}-baseline-{step}"
-        step += 1
-        argv = ["bench-baseline", "--index", run.baseline_index, "--client-id", client_id]
+    async def step(self, rate: float, services: dict[str, Callable[[], set[int]]]) -> None:
+        run, options = self.run, self.run.options
+        falls, self.pool = self.pool[: options.falls_per_step], self.pool[options.falls_per_step :]
+        self.steps += 1
+        client_id = f"bench{run.run_id}-baseline-{self.steps}"
+        self.progress_file.unlink(missing_ok=True)
+        argv = [
+            "bench-baseline",
+            "--index",
+            run.baseline_index,
+            "--client-id",
+            client_id,
+            "--threads",
+            str(options.baseline_threads),
+            "--progress-file",
+            str(self.progress_file),
+        ]
         for site in run.sites:
             argv += ["--site", site]
-        proc = process(f"baseline-{step}", argv, run.env(), run.workdir)
+        # The pipeline's connector is stopped and its session discarded: checked at the broker
+        # (a session kept would make the broker queue every QoS 1 message of this step for it).
+        found = await asyncio.to_thread(run.connector_session_present)
+        key = "connector_sessions_found_before_baseline"
+        self.report.counts[key] = self.report.counts.get(key, 0) + int(found)
+        proc = process(f"baseline-{self.steps}", argv, run.env(), run.workdir)
         try:
             await wait_until("baseline subscribed", subscribed(proc), [proc])
-            before = await processed()
-            result = await play_step(run, "baseline", rate, falls, processed, alerted, [proc])
+
+            def pids() -> set[int]:
+                return {proc.proc.pid} if proc.proc is not None else set()
+
+            idle = await idle_rates({"baseline": pids, **services}, options.idle_s)
+
+            before = await self.processed()
+            result = await play_step(
+                run,
+                "baseline",
+                rate,
+                falls,
+                self.processed,
+                self.alerted,
+                [proc],
+                {"baseline": pids, **services},
+            )
+            result.idle_cpu_per_s = idle
             # Not part of the verdict: lets the stores hold every message of a sustained step
             # (a backlog is dropped with the baseline's clean session when it stops).
-            await drain(processed, before + result.published, run.options.baseline_drain_s, [proc])
+            await drain(self.processed, before + result.published, options.baseline_drain_s, [proc])
         finally:
             proc.stop()
-        published += result.published
-        report.baseline.append(result)
-        echo(step_line(result))
-    report.counts["baseline_published"] = published
+        self.report.baseline.append(result)
+        self.report.counts["baseline_published"] = (
+            self.report.counts.get("baseline_published", 0) + result.published
+        )
+        self.echo(step_line(result))
+
+
+async def alternate(run: Run, report: BenchReport, echo: Callable[[str], None]) -> None:
+    """The steps, alternating between the two systems: a pipeline step, then a baseline step,
+    each at the rate its own search asks for next; then, if no rate was sustained by both,
+    one more step of each at the baseline's best rate."""
+    options = run.options
+    services = stack_pids(run.base)
+    pick_pipeline = rates_to_play(options, options.start_rate)
+    pick_baseline = rates_to_play(options, options.baseline_start_rate)
+    async with AsyncExitStack() as stack:
+        pipeline = None
+        if "pipeline" in options.systems:
+            pipeline = PipelineSide(run, report, echo, stack)
+            stack.push_async_callback(pipeline.close)
+            await pipeline.start()
+        baseline = BaselineSide(run, report, echo) if "baseline" in options.systems else None
+        while True:
+            rate_p = None
+            if pipeline is not None and not pipeline.stopped:
+                rate_p = pick_pipeline(report.pipeline)
+            rate_b = pick_baseline(report.baseline) if baseline is not None else None
+            if rate_p is None and rate_b is None:
+                break
+            if pipeline is not None and rate_p is not None:
+                await pipeline.step(rate_p, services)
+            if baseline is not None and rate_b is not None:
+                await baseline.step(rate_b, services)
+        # Equal work: the CPU ratio compares both sides at a rate both sustained. If the
+        # pipeline never played the baseline's best rate, both play it once more, side by side.
+        best = stats.highest_passed(report.baseline)
+        if (
+            pipeline is not None
+            and baseline is not None
+            and best is not None
+            and not pipeline.stopped
+            and not stats.cpu_pairs(report.pipeline, [best])
+        ):
+            echo(f"equal work: both sides at the baseline's best, {best.rate:,.0f} msg/s")
+            await pipeline.step(best.rate, services)
+            await baseline.step(best.rate, services)
 
 
 def subscribed(proc: Process) -> Callable[[], bool]:
@@ -527,11 +729,28 @@ def step_line(r: stats.StepResult) -> str:
         f"{r.system} {r.rate:,.0f} msg/s: offered {r.offered:,.0f}/s, processed "
         f"{r.throughput:,.0f}/s, backlog at the end {r.final_backlog:,} "
         f"(slope {r.backlog_slope:+,.0f}/s), falls {r.falls - r.missing}/{r.falls}, "
-        f"p50 {r.p(50) * 1000:,.0f} ms, p99 {r.p(99) * 1000:,.0f} ms -> "
-        f"{'sustained' if r.sustained else 'NOT sustained'}, "
-        f"{'p99 ≤ 1 s' if r.latency_ok else 'latency goal missed'}"
+        f"{stats.latency_text(r)} -> "
+        f"{'sustained' if r.sustained else 'NOT sustained'}"
+        + (
+            " (the publishers fell short of the rate: the step measured them)"
+            if r.offered < stats.MIN_OFFERED_SHARE * r.rate
+            else ""
+        )
+        + ", "
+        + f"{'every alert ≤ 1 s' if r.latency_ok else 'latency goal missed'}; "
+        f"CPU {r.cpu_total_us():,.0f} µs/msg ({r.cpu_total_us(net=True):,.0f} net of idle: "
+        + ", ".join(f"{name} {r.cpu_us(name, net=True):,.0f}" for name in r.parts)
+        + f"; publishers {r.cpu_us('publishers'):,.0f})"
         + "".join(f"; {name} {rate:,.0f}/s" for name, rate in r.stages.items())
     )
+
+
+WHAT_IS_STORED = (
+    "what each side stores: the pipeline writes every message to Kafka and indexes every one "
+    "in Elasticsearch (its search sink), and writes to PostgreSQL only alerts, hourly "
+    "aggregates and nights (not each message); the baseline commits every message to "
+    "PostgreSQL and indexes every one in Elasticsearch, and keeps its fall alerts in PostgreSQL"
+)
 
 
 async def run_bench(
@@ -544,17 +763,17 @@ async def run_bench(
         f"load: {options.lamps:,} lamps over {len(run.sites)} sites; a step plays the protocol's "
         f"mix at the asked rate ({PER_LAMP_RATE:.2f} msg/s per lamp at protocol rates, so "
         f"1,000 msg/s ≈ {1000 / PER_LAMP_RATE:,.0f} lamps); {options.falls_per_step} silent "
-        f"falls per step, {options.duration_s:g} s per step"
+        f"falls per step, {options.duration_s:g} s per step; baseline pool of "
+        f"{options.baseline_threads} threads"
     )
+    report.notes.append(WHAT_IS_STORED)
     echo(f"bench run {run.run_id}: logs in {workdir}")
-    fall_lamps = options.falls_per_step * options.max_steps * 2
+    # Each side's steps (its search and the equal-work step) have fall lamps of their own.
+    fall_lamps = options.falls_per_step * (options.max_steps + 1) * 2
     try:
         run.provision(fall_lamps)
         run.create_database()
-        if "pipeline" in options.systems:
-            await run_pipeline(run, report, echo)
-        if "baseline" in options.systems:
-            await run_baseline(run, report, echo)
+        await alternate(run, report, echo)
         report.counts.update(await count_stored(run, pipeline="pipeline" in options.systems))
     finally:
         load = os.getloadavg()
@@ -661,28 +880,60 @@ def markdown(report: BenchReport, command: str, date: str) -> str:
     )
 
 
-def as_json(report: BenchReport) -> str:
+def as_json(report: BenchReport, *, command: str = "", date: str = "") -> str:
+    """Every figure of the run, raw: what the Markdown section and the summary are made of."""
+
     def step(r: stats.StepResult) -> dict[str, Any]:
         return {
             "system": r.system,
             "rate": r.rate,
+            "seconds": r.seconds,
             "offered": r.offered,
             "throughput": r.throughput,
             "published": r.published,
             "processed": r.processed,
             "final_backlog": r.final_backlog,
+            "backlog_slope": r.backlog_slope,
             "latencies_s": r.latencies_s,
             "falls": r.falls,
             "missing": r.missing,
             "sustained": r.sustained,
+            "latency_ok": r.latency_ok,
             "passed": r.passed,
+            "stages": r.stages,
+            "cpu_window_s": r.window_s,
+            "cpu_window_processed": r.window_processed,
+            "cpu_s": r.cpu_s,
+            "idle_cpu_per_s": r.idle_cpu_per_s,
+            "cpu_us_per_message": {name: r.cpu_us(name) for name in r.cpu_s},
+            "cpu_us_per_message_net": {name: r.cpu_us(name, net=True) for name in r.cpu_s},
+            "cpu_total_us": r.cpu_total_us(),
+            "cpu_total_us_net": r.cpu_total_us(net=True),
+            "samples": [[s.t, s.published, s.processed] for s in r.samples],
         }
 
+    def clean(value: Any) -> Any:
+        # NaN (a figure with nothing to measure) is not JSON: null.
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
     return json.dumps(
-        {
-            "pipeline": [step(r) for r in report.pipeline],
-            "baseline": [step(r) for r in report.baseline],
-            "notes": report.notes,
-            "counts": report.counts,
-        }
+        clean(
+            {
+                "command": command,
+                "date": date,
+                "machine": report.machine,
+                "summary": stats.summary(report.pipeline, report.baseline),
+                "pipeline": [step(r) for r in report.pipeline],
+                "baseline": [step(r) for r in report.baseline],
+                "notes": report.notes,
+                "counts": report.counts,
+            }
+        ),
+        allow_nan=False,
     )

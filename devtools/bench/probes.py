@@ -163,3 +163,121 @@ def machine() -> list[str]:
         f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
         f"load average at the start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min)",
     ]
+
+
+# -- CPU time of process trees, from /proc ------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_table(proc: Path = Path("/proc")) -> dict[int, tuple[int, int]]:
+    """Every process's ``(ppid, ticks)``, where ticks is utime + stime + cutime + cstime: its own
+    CPU and that of the children it reaped (a PostgreSQL backend that ended is in its
+    postmaster's cutime/cstime), in clock ticks."""
+    table: dict[int, tuple[int, int]] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            data = (entry / "stat").read_bytes()
+            # The command name may hold spaces and parentheses: fields start after the last ")".
+            fields = data[data.rindex(b")") + 2 :].split()
+            ticks = sum(int(f) for f in fields[11:15])
+            table[int(entry.name)] = (int(fields[1]), ticks)
+    return table
+
+
+def tree_ticks(table: dict[int, tuple[int, int]], roots: set[int]) -> int:
+    """Clock ticks of ``roots`` and of every live descendant (with what each reaped)."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    seen: set[int] = set()
+    todo = [pid for pid in roots if pid in table]
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        todo.extend(children.get(pid, ()))
+    return sum(table[pid][1] for pid in seen)
+
+
+class CpuMeter:
+    """CPU seconds of named process trees between two readings.
+
+    ``roots`` maps a name (``kafka``, ``connector``…) to a callable giving its root pids now
+    (a process may be restarted between readings: the pids are looked up at each reading)."""
+
+    def __init__(self, roots: dict[str, Callable[[], set[int]]]) -> None:
+        self.roots = roots
+
+    def read(self) -> tuple[float, dict[str, float]]:
+        """(monotonic time, CPU seconds so far per name)."""
+        table = process_table()
+        now = time.monotonic()
+        return now, {
+            name: tree_ticks(table, pids()) / CLOCK_TICKS for name, pids in self.roots.items()
+        }
+
+    @staticmethod
+    def delta(
+        first: tuple[float, dict[str, float]], last: tuple[float, dict[str, float]]
+    ) -> tuple[float, dict[str, float]]:
+        """(seconds between the readings, CPU seconds used per name meanwhile)."""
+        (t0, a), (t1, b) = first, last
+        return t1 - t0, {name: max(b.get(name, 0.0) - a.get(name, 0.0), 0.0) for name in b}
+
+
+def stack_pids(settings: Settings) -> dict[str, Callable[[], set[int]]]:
+    """The local stack's services (``veilleuse stack``), by their recorded pids: each one's
+    tree is the service (Elasticsearch's launcher and its JVM, the postmaster and every
+    backend)."""
+    from devtools.stack.manager import services
+
+    out: dict[str, Callable[[], set[int]]] = {}
+    for service in services(settings):
+        if service.name == "chromium":
+            continue
+
+        def pids(service: Any = service) -> set[int]:
+            pid = service.pid()
+            return {pid} if pid is not None else set()
+
+        out[service.name] = pids
+    return out
+
+
+def session_present(settings: Settings, client_id: str, timeout_s: float = 10.0) -> bool:
+    """Whether the broker holds a persistent session for ``client_id`` (on the first broker of
+    the settings), asked the MQTT 5 way: connect without clean start and read the CONNACK's
+    session-present flag. The connection asks for a session expiry of 0, so a session found is
+    also ended (what it had queued is dropped)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    broker = settings.mqtt.brokers[0]
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.username_pw_set(settings.mqtt.username, settings.mqtt.password.get_secret_value())
+    if broker.tls:
+        client.tls_set(ca_certs=str(broker.ca_file) if broker.ca_file else None)
+    answer: list[bool] = []
+
+    def on_connect(_c: Any, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        answer.append(bool(flags.session_present) if not reason.is_failure else False)
+
+    client.on_connect = on_connect
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = 0
+    client.connect(broker.host, broker.port, clean_start=False, properties=properties)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not answer and time.monotonic() < deadline:
+            client.loop(timeout=0.1)
+    finally:
+        client.disconnect()
+    if not answer:
+        raise TimeoutError(f"no CONNACK from {broker.host}:{broker.port} in {timeout_s:.0f} s")
+    return answer[0]

@@ -24,7 +24,10 @@ API (stable)::
 - ``ts`` = ``start_ms + at_ms +`` the lamp's clock skew (±120 s, new at each reboot): publish
   each message at ``start_ms + at_ms`` of wall time, or the lamps' clocks look wrong.
 - ``truth`` is complete once ``messages()`` is exhausted: silences long enough for the offline
-  rule are found as the messages are made (scripted incidents are known at once).
+  rule, lacks of motion long enough for rule 9, and the due times of incidents whose messages
+  the network delayed are found as the messages are made. Alerts are read until
+  ``sim.observed_until_ms`` (``observe_s`` after the last message).
+- ``SimConfig(skews=((lamp index, s), ...))`` pins a lamp's clock skew (the demo: ±120 s).
 - Protocol rates: postures every 5 s while someone is seen, motion, temperature and heartbeat
   every 60 s: about 0.13 messages/s per lamp over a day (``tests/unit/devtools/simulator``
   measures it).

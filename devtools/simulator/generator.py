@@ -11,17 +11,22 @@ import random
 from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
 
+from agents.rules import rule_settings
+from agents.rules.inactivity import InactivitySettings, inactivity_due, site_zone
 from devtools.simulator import network
 from devtools.simulator.model import Counts, Expectation, GroundTruth, Message, NonIncident
 from devtools.simulator.scenarios import (
+    EARLY_MS,
+    ON_TIME_MS,
     SCRIPTS,
     WARNING_ON_TIME_MS,
+    Expect,
     Raw,
     Script,
     Thresholds,
@@ -31,9 +36,16 @@ from pipeline.settings import DetectionSettings
 
 # A gap this close to the offline rule's silence may or may not raise it (network delays).
 OFFLINE_MARGIN_MS = 3_000
-# Messages this long before a script are never reordered into it.
-PROTECT_BEFORE_MS = 35_000
+# A motion arriving this close to rule 9's deadline may or may not come first (the same).
+INACTIVITY_MARGIN_MS = 3_000
+# Background messages this long before a shielded script (a reboot) are never reordered into
+# it: a message of the old boot delivered after the new boot's first ones (see docs/simulator.md).
+SHIELD_BEFORE_MS = 35_000
 REPLAY_SPACING_MS = 10
+
+# What the generator tells the ground truth about a valid message: (type, device time in ms
+# after the start, ts). Device time is what ``ts`` would be without the lamp's clock skew.
+Info = tuple[str, int, int]
 
 RANDOM_SCENARIOS = tuple(name for name in SCRIPTS if name != "heat_wave")
 
@@ -70,6 +82,8 @@ class SimConfig:
     junk_rate: float = 5e-6
     junk_plan: tuple[tuple[int, str, float], ...] = ()  # (lamp index, reason, at s)
     max_skew_s: float = 120.0
+    # (lamp index, skew s): a lamp's clock skew until its first reboot, instead of a random one.
+    skews: tuple[tuple[int, float], ...] = ()
     site_prefix: str = "sim"
     lamp_prefix: str = "S"
     timezone: str = "Europe/Paris"
@@ -97,6 +111,12 @@ class SimConfig:
 class _Placed:
     start: int
     script: Script
+    site_id: str = ""
+    lamp_id: str = ""
+    # tag -> [(device time, arrival)] of the script's tagged messages, as the network played them.
+    arrivals: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    # Kinds this script's incident does not raise: part of an incident still open (rule 5).
+    absorbed: frozenset[str] = frozenset()
 
     @property
     def name(self) -> str:
@@ -106,17 +126,24 @@ class _Placed:
 class _Device:
     """One lamp's firmware state (numbering, clock, boot) and what the pipeline heard of it."""
 
-    def __init__(self, sim: Simulation, site_id: str, lamp_id: str) -> None:
+    def __init__(self, sim: Simulation, index: int, site_id: str, lamp_id: str) -> None:
         c = sim.config
         self.sim, self.site_id, self.lamp_id = sim, site_id, lamp_id
         self.rng = rng = random.Random(f"{c.seed}/lamp/{lamp_id}")
         self.base = f"lamps/{site_id}/{lamp_id}/"
         self.skew = round(rng.uniform(-c.max_skew_s, c.max_skew_s) * 1000)
+        self.skew = next((round(s * 1000) for i, s in c.skews if i == index), self.skew)
         self.seq = rng.randrange(1_000, 2**32)
         self.booted_at = -rng.randrange(3_600, 90 * 86_400) * 1000
         self.fw = rng.choice(("2.3.1", "2.4.0", "2.4.0-beta3"))
         self.last_heard: int | None = None
         self.offline_open = False  # a last will was heard: rule 8's alert is already open
+        # Rule 9 as the workers will see it, in arrival order (see _inactivity).
+        self.motion_at: int | None = None  # device time of the last motion (or first message)
+        self.inactive_due: int | None = None  # when its timer fires, ms after the start
+        self.inactive_loose = False  # the timer was set already due: fires within a tick, or not
+        self.inactive_open = False
+        self.plain: tuple[int, int] = (0, -1)  # motion in this range is due ``after_s`` later
 
     def encode(self, raw: Raw) -> tuple[bytes, str, int, bool, bool] | None:
         """(payload, topic, qos, retain, valid) of ``raw``; None for a reboot."""
@@ -150,8 +177,9 @@ class _Device:
         counts.by_type[kind] = counts.by_type.get(kind, 0) + 1
         return orjson.dumps(body), self.base + channel, qos, retain, True
 
-    def heard(self, message: Message) -> Iterator[Message]:
-        """Count ``message`` as published; a silence before it may be an offline alert."""
+    def heard(self, message: Message, info: Info | None) -> Iterator[Message]:
+        """Count ``message`` as published; a silence before it may be an offline alert, a
+        lack of motion an inactivity alert."""
         counts = self.sim.counts
         counts.published += 1
         if not message.valid:
@@ -159,6 +187,12 @@ class _Device:
         elif message.duplicate:
             counts.valid += 1
             counts.duplicates += 1  # dropped by the workers: not the lamp speaking
+            is_will = message.retain and b'"online":false' in message.payload
+            if is_will and not self.offline_open:
+                # Except a last will's: every will is the same bytes (seq 0, ts 0), so its
+                # second delivery after the lamp spoke again is a new one to the rules.
+                self.sim.will_again(self.site_id, self.lamp_id, message.at_ms)
+                self.offline_open = True
         else:
             counts.valid += 1
             is_will = message.retain and b'"online":false' in message.payload
@@ -166,12 +200,64 @@ class _Device:
                 if not self.offline_open and self.last_heard is not None:
                     self.sim.gap(self.site_id, self.lamp_id, self.last_heard, message.at_ms)
                 self.last_heard = message.at_ms
+                if info is not None:
+                    self._inactivity(message.at_ms, *info)
             self.offline_open = is_will
         yield message
+
+    def _inactivity(self, arrival: int, kind: str, device_at: int, ts: int) -> None:
+        """Rule 9 (agents/rules/inactivity.py) in arrival order: the first message, then each
+        motion newer than the last one, sets the timer; it fires unless such a motion arrives
+        first; a motion resolves the alert. The deadline is computed on the lamp's clock (its
+        day is the site's local day on that clock, skew included: ``inactivity_due``), and
+        fires when the lamp's clock reaches it: in wall time, the deadline less the skew."""
+        due = self.inactive_due
+        newer = (kind == "motion" or self.motion_at is None) and (
+            self.motion_at is None or device_at > self.motion_at
+        )
+        if due is not None and (
+            arrival - INACTIVITY_MARGIN_MS > due
+            or (newer and arrival + INACTIVITY_MARGIN_MS >= due)
+        ):
+            # Fired; a motion this close to the deadline may have been processed before it.
+            close = newer and arrival - INACTIVITY_MARGIN_MS <= due
+            if not self.inactive_open:
+                self.sim.inactive(
+                    self.site_id, self.lamp_id, due, not close and not self.inactive_loose
+                )
+                self.inactive_open = True
+            self.inactive_due = None
+        if not newer:
+            return
+        if kind == "motion":
+            self.inactive_open = False
+        self.motion_at = device_at
+        skew = ts - self.sim.config.start_ms - device_at
+        fires = self._inactivity_due(ts) - self.sim.config.start_ms - skew
+        # A motion delivered after its own deadline (a replay): the timer is already due and
+        # fires at the next tick, unless the next replayed motion comes within that tick.
+        self.inactive_loose = fires < arrival + INACTIVITY_MARGIN_MS
+        self.inactive_due = max(fires, arrival)
+
+    def _inactivity_due(self, ts: int) -> int:
+        """``inactivity_due`` (the rule's own calendar), skipped within a day as the rule does:
+        the generator plays 100,000 lamps."""
+        if self.plain[0] <= ts <= self.plain[1]:
+            return ts + self.sim.th.inactivity_after_ms
+        due, self.plain = self.sim.inactivity_due(self.site_id, ts)
+        return due
 
     def finish(self, observed_until: int) -> None:
         if self.last_heard is not None and not self.offline_open:
             self.sim.gap(self.site_id, self.lamp_id, self.last_heard, observed_until)
+        due = self.inactive_due
+        if (
+            due is not None
+            and due <= observed_until + INACTIVITY_MARGIN_MS
+            and not self.inactive_open
+        ):
+            certain = due < observed_until - INACTIVITY_MARGIN_MS and not self.inactive_loose
+            self.sim.inactive(self.site_id, self.lamp_id, due, certain)
 
 
 class Simulation:
@@ -185,8 +271,25 @@ class Simulation:
         self.counts = Counts()
         self.duration_ms = round(config.duration_s * 1000)
         self.zone = ZoneInfo(config.timezone)
+        self._inactivity = rule_settings(config.rules, InactivitySettings)
+        self._zones: dict[str, ZoneInfo] = {}
         self._placed: dict[int, list[_Placed]] = {}
         self._place()
+        # A planned script may run past the duration (the player plays it to its end); the
+        # run reads alerts until observe_s after the last message, whichever shard plays it.
+        ends = [
+            round(start_s * 1000)
+            + SCRIPTS[name](
+                self.th, random.Random(f"{config.seed}/plan/{i}/{name}/{start_s}")
+            ).length_ms
+            for i, name, start_s in config.plan
+        ]
+        self.end_ms = max([self.duration_ms, *ends])
+
+    @property
+    def observed_until_ms(self) -> int:
+        """Until when (ms after the start) the run reads alerts: observe_s after the end."""
+        return self.end_ms + round(self.config.observe_s * 1000)
 
     # -- incidents ---------------------------------------------------------------------------
 
@@ -212,28 +315,54 @@ class Simulation:
                     t += script.length_ms + 60_000 + rng.expovariate(c.incident_rate / 3_600_000)
         for index, placed in self._placed.items():
             placed.sort(key=lambda p: p.start)
-            site_id, lamp_id = ids[index]
-            for p in placed:
-                self.truth.scenarios.append((lamp_id, p.start, p.script.name))
-                for kind, due, earliest, latest in p.script.expects:
-                    self.truth.expected.append(
-                        Expectation(
-                            lamp_id,
-                            site_id,
-                            kind,
-                            p.start + due,
-                            p.start + earliest,
-                            p.start + latest,
-                            p.script.name,
-                        )
-                    )
-                for kind, start, end in p.script.forbids:
-                    self.truth.non_incidents.append(
-                        NonIncident(
-                            lamp_id, site_id, kind, p.start + start, p.start + end, p.script.name
-                        )
-                    )
+            self._scripted_truth(placed, *ids[index])
         self.truth.scenarios.sort(key=lambda s: (s[1], s[0]))
+
+    def _scripted_truth(self, placed: list[_Placed], site_id: str, lamp_id: str) -> None:
+        """The scripts' expectations known at once, and their non-incidents, for one lamp."""
+        help_open: _Placed | None = None
+        for p in placed:
+            p.site_id, p.lamp_id = site_id, lamp_id
+            self.truth.scenarios.append((lamp_id, p.start, p.script.name))
+            if help_open is not None and any(e.kind == "help_requested" for e in p.script.expects):
+                # Rule 5: a request nobody cancelled or acknowledged is still open, and a new
+                # press is part of it (the simulation acknowledges nothing).
+                p.absorbed = frozenset({"help_requested"})
+                why = f"{p.name} (the request at t={help_open.start / 1000:.0f} s still open)"
+                end = p.start + p.script.length_ms
+                self.truth.non_incidents.append(
+                    NonIncident(lamp_id, site_id, "help_requested", p.start, end, why)
+                )
+            elif p.name in ("help_pressed", "help_long_press"):
+                help_open = p
+            for e in p.script.expects:
+                if not e.trigger and e.kind not in p.absorbed:
+                    # Known at once; the others once the network has played the messages.
+                    self._expect(p, e, p.start + e.due, p.start + e.earliest, p.start + e.latest)
+            for kind, start, end in p.script.forbids:
+                self.truth.non_incidents.append(
+                    NonIncident(lamp_id, site_id, kind, p.start + start, p.start + end, p.name)
+                )
+
+    def _expect(self, p: _Placed, e: Expect, due: int, earliest: int, latest: int) -> None:
+        self.truth.expected.append(
+            Expectation(p.lamp_id, p.site_id, e.kind, due, earliest, latest, p.script.name)
+        )
+
+    def _expect_delivered(self, p: _Placed) -> None:
+        """The expectations that depend on when the network delivered the script's messages."""
+        for e in p.script.expects:
+            if not e.trigger or e.kind in p.absorbed:
+                continue
+            # The rule's clock starts at the condition's start in event time (the earliest of
+            # the trigger's messages, however late it arrives), and nobody can know of it
+            # before the first of them has arrived.
+            delivered = p.arrivals[e.trigger]
+            at = min(d[0] for d in delivered)
+            arrival = min(d[1] for d in delivered)
+            after = max((a for _, a in p.arrivals.get(e.after, ())), default=arrival)
+            due = max(at + e.span, arrival, after)
+            self._expect(p, e, due, due - EARLY_MS, due + ON_TIME_MS)
 
     def _fits(self, index: int, start: int, script: Script) -> bool:
         return all(
@@ -273,8 +402,16 @@ class Simulation:
             if p.script.heat
         ]
         scripted = [
-            Raw(p.start + e.at_ms, e.kind, e.fields, e.protected)
-            for p in placed
+            Raw(
+                p.start + e.at_ms,
+                e.kind,
+                e.fields,
+                e.protected,
+                e.tag,
+                None if e.arrive_by is None else p.start + e.arrive_by,
+                owner,
+            )
+            for owner, p in enumerate(placed)
             for e in p.script.events
         ]
         junk = self._junk_events(index, rng)
@@ -365,30 +502,42 @@ class Simulation:
                         celsius = hot + rng.uniform(-0.5, 0.5)
                 fields = {"celsius": round(celsius, 1), "humidity": round(rng.uniform(35, 55), 1)}
                 yield Raw(t, "temperature", fields)
-                yield Raw(t + 300, "heartbeat", {})
+                if not any(a <= t + 300 < b for a, b in silent):
+                    yield Raw(t + 300, "heartbeat", {})
             t += period
 
-    def _lamp_messages(self, index: int, site_id: str, lamp_id: str) -> Iterator[Message]:
+    def _lamp_messages(  # noqa: PLR0915 - one lamp's stream, in the order it is made
+        self, index: int, site_id: str, lamp_id: str
+    ) -> Iterator[Message]:
         """Device order → publish order: numbering, clock, duplicates, reordering, outages."""
         c = self.config
-        device = _Device(self, site_id, lamp_id)
+        device = _Device(self, index, site_id, lamp_id)
         placed = self._placed.get(index, [])
         outages = [
             (p.start + p.script.outage[0], p.start + p.script.outage[1])
             for p in placed
             if p.script.outage
         ]
-        protected = [
-            (p.start - PROTECT_BEFORE_MS, p.start + p.script.length_ms + 5_000) for p in placed
+        # Only a reboot is shielded: every incident is played through the same reordering
+        # and duplicates as the background traffic, its own messages included.
+        shielded = [
+            (p.start - SHIELD_BEFORE_MS, p.start + p.script.length_ms + 5_000)
+            for p in placed
+            if p.script.shield
         ]
         replayed = dict.fromkeys(outages, 0)
-        pending: list[tuple[int, int, Message]] = []
+        pending: list[tuple[int, int, Message, Info | None]] = []
         order = 0
-        rng = device.rng
-        for raw in self._raw(index, rng):
+        # What the network does to a script's own messages is drawn from the script's own
+        # generator, seeded without the lamp's name (the demo's names change with each run):
+        # for a seed, an incident meets the same delays and duplicates in every run, whatever
+        # the hour it starts at (daily life, which depends on it, draws from the lamp's).
+        nets = [random.Random(f"{c.seed}/net/{index}/{p.start}/{p.name}") for p in placed]
+        for raw in self._raw(index, device.rng):
             at = raw.at_ms
+            rng = nets[raw.owner] if raw.owner >= 0 else device.rng
             while pending and pending[0][0] <= at:
-                yield from device.heard(heapq.heappop(pending)[2])
+                yield from device.heard(*heapq.heappop(pending)[2:])
             encoded = device.encode(raw)
             if encoded is None:
                 continue
@@ -402,23 +551,72 @@ class Simulation:
             elif (
                 not raw.protected
                 and rng.random() < c.reorder_rate
-                and not any(a <= at + c.reorder_max_s * 1000 and at <= b for a, b in protected)
+                and not any(a <= at + c.reorder_max_s * 1000 and at <= b for a, b in shielded)
             ):
-                publish_at = at + rng.randrange(1_000, round(c.reorder_max_s * 1000))
-                self.counts.delayed += 1
+                delay = rng.randrange(1_000, round(c.reorder_max_s * 1000))
+                # Not past the end: the run observes its last messages for observe_s only.
+                delay = min(delay, self.duration_ms - 2_000 - at)
+                if raw.arrive_by is not None:
+                    delay = min(delay, raw.arrive_by - at)
+                if delay > 0:
+                    publish_at = at + delay
+                    self.counts.delayed += 1
+                    self.counts.scripted_delayed += raw.owner >= 0
+            if raw.owner >= 0 and raw.tag:
+                arrivals = placed[raw.owner].arrivals.setdefault(raw.tag, [])
+                arrivals.append((at, publish_at))
+            info = None
+            if valid and raw.kind not in ("will", "junk"):
+                info = (raw.kind, at, c.start_ms + at + device.skew)  # encode's ts
             message = Message(publish_at, topic, payload, qos, retain, lamp_id, valid)
             order += 1
-            heapq.heappush(pending, (publish_at, order, message))
+            heapq.heappush(pending, (publish_at, order, message, info))
             if valid and qos == 1 and rng.random() < c.duplicate_rate:
                 order += 1
                 again = Message(
                     publish_at + rng.randrange(50, 2_000), topic, payload, qos, retain, lamp_id,
                     True, True,
                 )  # fmt: skip
-                heapq.heappush(pending, (again.at_ms, order, again))
+                heapq.heappush(pending, (again.at_ms, order, again, info))
+                self.counts.scripted_duplicates += raw.owner >= 0
         while pending:
-            yield from device.heard(heapq.heappop(pending)[2])
-        device.finish(self.duration_ms + round(c.observe_s * 1000))
+            yield from device.heard(*heapq.heappop(pending)[2:])
+        device.finish(self.observed_until_ms)
+        for p in placed:
+            self._expect_delivered(p)
+
+    def inactivity_due(self, site_id: str, ts: int) -> tuple[int, tuple[int, int]]:
+        """Rule 9's deadline (the lamp's event time) after a motion at ``ts``, by the rule's
+        own calendar in the site's zone as the workers' settings give it; and the range of
+        ``ts`` of that day whose deadline is simply ``after_s`` later."""
+        zone = self._zones.get(site_id)
+        if zone is None:
+            zone = self._zones[site_id] = site_zone(self.config.detection, site_id)
+        settings = self._inactivity
+        day = datetime.fromtimestamp(ts / 1000, zone).date()
+        start = datetime.combine(day, time.fromisoformat(settings.day_start), zone)
+        end = datetime.combine(day, time.fromisoformat(settings.day_end), zone)
+        span = self.th.inactivity_after_ms
+        plain = (int(start.timestamp() * 1000), int(end.timestamp() * 1000) - span)
+        return inactivity_due(ts, zone, settings), plain
+
+    def will_again(self, site_id: str, lamp_id: str, at: int) -> None:
+        """A last will delivered again after the lamp spoke: rule 8 raises it anew, at once."""
+        self.truth.expected.append(
+            Expectation(
+                lamp_id, site_id, "lamp_offline", at, at - EARLY_MS, at + WARNING_ON_TIME_MS,
+                "last will delivered twice",
+            )
+        )  # fmt: skip
+
+    def inactive(self, site_id: str, lamp_id: str, due: int, required: bool) -> None:
+        """No motion until ``due``: rule 9's ``inactivity`` alert."""
+        self.truth.expected.append(
+            Expectation(
+                lamp_id, site_id, "inactivity", due, due - EARLY_MS, due + WARNING_ON_TIME_MS,
+                "no motion", required=required,
+            )
+        )  # fmt: skip
 
     def gap(self, site_id: str, lamp_id: str, before: int, after: int) -> None:
         """Silence from ``before`` to ``after``: rule 8 raises ``lamp_offline`` after 5 min."""

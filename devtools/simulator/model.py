@@ -14,8 +14,15 @@ SEVERITY = {
     "lamp_offline": "warning",
     "inactivity": "warning",
 }
-# Kinds the ground truth accounts for; others (inactivity: 3 h of daytime) are reported only.
-SCORED_KINDS = ("fall", "help_requested", "fall_recovered", "environment", "lamp_offline")
+# Kinds the ground truth accounts for: every kind the rules raise.
+SCORED_KINDS = (
+    "fall",
+    "help_requested",
+    "fall_recovered",
+    "environment",
+    "lamp_offline",
+    "inactivity",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +93,9 @@ class Counts:
     junk: int = 0
     duplicates: int = 0
     delayed: int = 0  # reordered or replayed after an outage
+    # Of those, the messages of incident scripts (their own, not the background's).
+    scripted_delayed: int = 0
+    scripted_duplicates: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
     junk_by_reason: dict[str, int] = field(default_factory=dict)
 
@@ -96,6 +106,8 @@ class Counts:
             "junk": self.junk,
             "duplicates": self.duplicates,
             "delayed": self.delayed,
+            "scripted_delayed": self.scripted_delayed,
+            "scripted_duplicates": self.scripted_duplicates,
             "by_type": dict(sorted(self.by_type.items())),
             "junk_by_reason": dict(sorted(self.junk_by_reason.items())),
         }

@@ -113,9 +113,15 @@ class StackContext:
 
     # -- installing what is missing ----------------------------------------------------------
 
-    def ensure_packages(self, service: str, needs: dict[str, str]) -> None:
-        """``needs`` maps an executable (name or absolute path) to the Debian package with it."""
-        missing = sorted({pkg for exe, pkg in needs.items() if not _executable_exists(exe)})
+    def ensure_packages(
+        self, service: str, needs: dict[str, str], *, files: dict[str, str] | None = None
+    ) -> None:
+        """``needs`` maps an executable (name or absolute path) to the Debian package with it;
+        ``files``, a file that is not executable (a header) to its package."""
+        missing = sorted(
+            {pkg for exe, pkg in needs.items() if not _executable_exists(exe)}
+            | {pkg for path, pkg in (files or {}).items() if not os.path.exists(path)}
+        )
         if not missing:
             return
         if not self.settings.stack.apt_install or os.geteuid() != 0:

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -36,6 +37,7 @@ class Launch:
     argv: list[str]
     env: dict[str, str]
     cwd: Path
+    open_files: int | None = None  # RLIMIT_NOFILE wanted (None: inherit ours)
 
 
 class Service(ABC):
@@ -151,18 +153,19 @@ class Service(ABC):
             out.write(f"\n--- veilleuse stack: starting {self.name} at {time.ctime()}\n".encode())
             out.flush()
             try:
-                proc = subprocess.Popen(
-                    spec.argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=spec.env,
-                    cwd=spec.cwd,
-                    start_new_session=True,
-                    user=user.uid if user else None,
-                    group=user.gid if user else None,
-                    extra_groups=[] if user else None,
-                )
+                with _open_files_limit(spec.open_files):
+                    proc = subprocess.Popen(
+                        spec.argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        env=spec.env,
+                        cwd=spec.cwd,
+                        start_new_session=True,
+                        user=user.uid if user else None,
+                        group=user.gid if user else None,
+                        extra_groups=[] if user else None,
+                    )
             except OSError as exc:
                 raise StackError(self.name, f"could not start: {exc}", self.log_file) from exc
         _STARTED.append(proc)
@@ -217,6 +220,28 @@ class Service(ABC):
         except OSError:
             return "(no log yet)"
         return "\n".join(text.splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def _open_files_limit(wanted: int | None) -> Iterator[None]:
+    """Raise our RLIMIT_NOFILE while a service is launched: the child inherits it at fork (the
+    service account could not raise its own hard limit). The hard limit needs CAP_SYS_RESOURCE;
+    without it the soft one goes up to the hard one. Restored afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if wanted is None or (wanted <= soft and soft != resource.RLIM_INFINITY):
+        yield
+        return
+    unlimited = hard == resource.RLIM_INFINITY
+    try:  # never lower the hard limit: it could not be raised back
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE, (wanted, hard if unlimited else max(wanted, hard))
+        )
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ from agents.runtime import streaming
 from cli import main as cli
 
 
-async def _refuse(self: Any, result: Any, offsets: Any) -> None:
+async def _refuse(self: Any, *args: Any, **kwargs: Any) -> None:
     raise RuntimeError("injected: the transaction cannot commit")
 
 

@@ -18,8 +18,9 @@ import pytest
 
 from connectors.validation import Reason
 from devtools.stack.context import StackContext
-from devtools.stack.mosquitto import Mosquitto
+from devtools.stack.mosquitto import Mosquitto, build_lamp_acl_plugin, security_config
 from devtools.stack.tls import make_certificates
+from pipeline.lamps import MosquittoCredentials
 from pipeline.ports import free_port
 from pipeline.settings import MqttBroker, Settings
 from tests.integration.connectors.conftest import (
@@ -266,9 +267,15 @@ async def test_sigterm_mid_stream_loses_nothing(
 def make_tls_broker(tmp_path: Path, settings: Settings) -> tuple[MqttBroker, Callable[[], Any]]:
     """A second Mosquitto with a TLS listener and the stack's accounts, as during a migration."""
     tls = make_certificates(tmp_path)
-    credentials = Mosquitto(StackContext(settings)).credentials()
-    shutil.copy(credentials.password_file, tmp_path / "passwd")
-    shutil.copy(credentials.acl_file, tmp_path / "acl")
+    ctx = StackContext(settings)
+    credentials = Mosquitto(ctx).credentials()
+    copy = MosquittoCredentials(tmp_path, ())  # the same files, under tmp_path
+    for source, target in (
+        (credentials.password_file, copy.password_file),
+        (credentials.acl_file, copy.acl_file),
+        (credentials.lamp_sites_file, copy.lamp_sites_file),
+    ):
+        shutil.copy(source, target)
     port = free_port()
     (tmp_path / "mosquitto.conf").write_text(
         "\n".join(
@@ -279,9 +286,7 @@ def make_tls_broker(tmp_path: Path, settings: Settings) -> tuple[MqttBroker, Cal
                 f"cafile {tls.ca_cert}",
                 f"certfile {tls.server_cert}",
                 f"keyfile {tls.server_key}",
-                "allow_anonymous false",
-                f"password_file {tmp_path / 'passwd'}",
-                f"acl_file {tmp_path / 'acl'}",
+                *security_config(copy, build_lamp_acl_plugin(ctx)),
                 "persistence true",
                 f"persistence_location {tmp_path}/",
                 "max_queued_messages 1000000",

@@ -1,11 +1,17 @@
 """``veilleuse bench`` at a tiny scale against the real services: every figure it prints comes
-from messages that really went through MQTT, Kafka, Elasticsearch and PostgreSQL."""
+from messages that really went through MQTT, Kafka, Elasticsearch and PostgreSQL, and every
+CPU figure from the processes that handled them."""
 
 from __future__ import annotations
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
-from devtools.bench import harness
+from devtools.bench import harness, stats
+from devtools.bench.probes import session_present
 from pipeline.settings import Settings
 
 CONFIRM_S = 3.0  # rule 1's 30 s, shortened so that a step of a few seconds has deadlines
@@ -27,6 +33,8 @@ async def test_bench_counts_and_latencies_are_real(
         falls_per_step=3,
         max_steps=1,
         baseline_drain_s=60,  # the baseline may fall behind on a loaded machine: let it finish
+        baseline_threads=4,
+        idle_s=2,
     )
     lines: list[str] = []
     report = await harness.run_bench(scoped, options, lines.append)
@@ -54,3 +62,42 @@ async def test_bench_counts_and_latencies_are_real(
     assert counts["baseline_postgres"] == counts["baseline_published"]
     assert counts["baseline_elasticsearch"] == counts["baseline_published"]
     assert any(line.startswith("pipeline 150 msg/s") for line in lines)
+    # The steps alternated, the baseline's right after the pipeline's, and when it started the
+    # broker held no session for the stopped connector.
+    assert counts["connector_sessions_found_before_baseline"] == 0
+    # CPU per message, from /proc, for every process tree of each side: each one worked.
+    for step in (*report.pipeline, *report.baseline):
+        assert step.window_s >= 10, step.window_s
+        assert 0.5 * step.published <= step.window_processed <= 1.2 * step.published
+        busy = [*step.parts, "publishers"]
+        for name in ("redis", "sink-postgres"):  # nothing to do per message: may read 0 ticks
+            if name in busy:
+                busy.remove(name)
+        if step.system == "pipeline":
+            busy.remove("postgres")  # the pipeline writes no message to PostgreSQL
+        assert all(step.cpu_s[name] > 0 for name in busy), step.cpu_s
+        assert set(stats.SERVICES) <= set(step.idle_cpu_per_s)
+        assert step.cpu_total_us() > step.cpu_total_us(net=True) >= 0
+    # The baseline commits every message in PostgreSQL: its postmaster's backends show it.
+    assert report.baseline[0].cpu_s["postgres"] > 0
+    assert any(line.startswith("CPU per message at 150 msg/s") for line in stats.summary(
+        report.pipeline, report.baseline))  # fmt: skip
+
+
+def test_the_session_probe_sees_a_persistent_session_and_ends_it(
+    settings: Settings, require
+) -> None:
+    require("mosquitto")
+    broker = settings.mqtt.brokers[0]
+    client_id = "bench-probe-test"
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.username_pw_set(settings.mqtt.username, settings.mqtt.password.get_secret_value())
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = 60
+    client.connect(broker.host, broker.port, clean_start=True, properties=properties)
+    client.loop_start()
+    client.subscribe("lamps/bench-probe/+/events", qos=1)
+    client.disconnect()
+    client.loop_stop()
+    assert session_present(settings, client_id)
+    assert not session_present(settings, client_id)  # the probe ended it

@@ -25,8 +25,10 @@ async def test_short_home_recall_one_and_no_false_critical(
     settings: Settings, require: Callable[..., None]
 ) -> None:
     """Ten rooms for 90 s (falls, a silent fall, a recovery, help, floor care, lying in bed, a
-    last will, a reboot, junk, duplicates, reordering): every expected alert is read on
-    alerts.v1, none other, and every junk payload reached the DLQ."""
+    last will, a reboot, residents who stop moving, junk, duplicates, reordering and ±120 s
+    clock skews on the incidents' own messages): every expected alert of every kind is read on
+    alerts.v1 within its bounds (a critical one by its condition + 2 s, none before its
+    condition), none other, and every junk payload reached the DLQ."""
     require("kafka", "mosquitto")
     lines: list[str] = []
     run = DemoRun(settings, lines.append, tty=False, full=False, short=True)
@@ -35,11 +37,15 @@ async def test_short_home_recall_one_and_no_false_critical(
     assert run.result is not None, report
     assert code == 0, report
     result = run.result
-    assert not result.missed and not result.false, report
-    for kind in ("fall", "help_requested", "fall_recovered", "lamp_offline"):
+    assert result.ok, report
+    assert not (result.missed or result.false or result.late or result.early), report
+    for kind in ("fall", "help_requested", "fall_recovered", "lamp_offline", "inactivity"):
         assert result.kinds[kind].expected >= 1, kind
         assert result.kinds[kind].recall == 1.0, report
     assert "8 on lamp.dlq.v1 (junk sent: 8)" in report, report
+    assert "bound enforced: a critical alert (fall, help) no later than its condition + 2.0 s" in (
+        report
+    )
     assert all(not p.alive() for p in run.procs)
 
 

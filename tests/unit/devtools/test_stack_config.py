@@ -13,6 +13,7 @@ from devtools.stack.context import StackContext
 from devtools.stack.elasticsearch import Elasticsearch
 from devtools.stack.kafka import Kafka
 from devtools.stack.service import Service
+from pipeline.errors import StackError
 from pipeline.settings import load_settings
 
 
@@ -85,3 +86,16 @@ def test_a_multi_line_probe_error_stays_on_one_status_line(ctx: StackContext) ->
     ok, detail = service.healthy()
     assert not ok
     assert detail == "OSError: connection refused Is the server running?"
+
+
+def test_a_missing_header_names_its_package(tmp_path: Path) -> None:
+    """Headers are not executables: ``files`` is checked for existence (the lamps' ACL plugin
+    needs mosquitto-dev's)."""
+    ctx = StackContext(load_settings(stack={"home": tmp_path / ".stack", "apt_install": False}))
+    present = tmp_path / "present.h"
+    present.write_text("")
+    ctx.ensure_packages("mosquitto", {}, files={str(present): "present-dev"})  # nothing to do
+    with pytest.raises(StackError, match="missing Debian package\\(s\\) absent-dev"):
+        ctx.ensure_packages(
+            "mosquitto", {}, files={str(present): "present-dev", "/no/such.h": "absent-dev"}
+        )

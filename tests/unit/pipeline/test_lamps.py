@@ -7,6 +7,7 @@ import pytest
 
 from pipeline.errors import ProvisioningError
 from pipeline.lamps import (
+    LAMP_HASH_ITERATIONS,
     ComponentAccount,
     Lamp,
     MosquittoCredentials,
@@ -35,6 +36,39 @@ def test_acl_confines_each_lamp_to_its_own_site_and_id() -> None:
     assert "user veilleuse-connector\ntopic read lamps/#" in acl
     assert "user L-000123\ntopic write lamps/fr-lyon-12/L-000123/#" in acl
     assert "pattern" not in acl  # no rule applies to every user
+
+
+def test_the_stacks_files_keep_lamps_out_of_the_acl_file(tmp_path: Path) -> None:
+    """The lamps' rights go to the plugin's table (one line each), not to the acl_file, whose
+    reload is quadratic in its sections; the per-lamp form is kept aside for docker-compose."""
+    store = MosquittoCredentials(tmp_path, [CONNECTOR])
+    store.provision([("fr-lyon-12", "L-000123"), ("fr-nice-3", "L-000124")])
+    acl = store.acl_file.read_text()
+    assert "user veilleuse-connector\ntopic read lamps/#" in acl
+    assert "L-000123" not in acl
+    assert "pattern" not in acl
+    assert store.lamp_sites_file.read_text() == "L-000123 fr-lyon-12\nL-000124 fr-nice-3\n"
+    assert "user L-000124\ntopic write lamps/fr-nice-3/L-000124/#" in (
+        store.per_lamp_acl_file.read_text()
+    )
+    store.revoke(["L-000123"])
+    assert store.lamp_sites_file.read_text() == "L-000124 fr-nice-3\n"
+
+
+def test_a_broker_without_the_plugin_keeps_every_lamp_in_its_acl_file(tmp_path: Path) -> None:
+    store = MosquittoCredentials(tmp_path, [CONNECTOR], per_lamp_acl=True)
+    store.provision([("fr-lyon-12", "L-000123")])
+    assert "user L-000123\ntopic write lamps/fr-lyon-12/L-000123/#" in store.acl_file.read_text()
+
+
+def test_lamp_hashes_are_single_iteration_component_hashes_are_not(tmp_path: Path) -> None:
+    store = MosquittoCredentials(tmp_path, [CONNECTOR])
+    (cred,) = store.provision([("fr-lyon-12", "L-000123")])
+    passwd = dict(line.split(":", 1) for line in store.password_file.read_text().splitlines())
+    assert passwd["L-000123"].split("$")[2] == str(LAMP_HASH_ITERATIONS) == "1"
+    assert passwd["veilleuse-connector"].split("$")[2] == "101"
+    assert verify_password(cred.password, passwd["L-000123"])
+    assert len(cred.password) >= 32  # 192 random bits: what makes one iteration enough
 
 
 @pytest.mark.parametrize(

@@ -26,15 +26,22 @@ from faust.types import TP
 from agents.runtime import faust_internals
 from agents.runtime.faust_internals import (
     PRIVATE_NAMES,
+    STORE_URL,
     BatchRoutingApp,
     BatchRoutingTransport,
+    ChangelogOffsetStore,
     CommittedChangelogRecovery,
+    FencingProducer,
+    FencingSender,
     ReadCommittedConsumerThread,
     changelog_partition_recovered,
     fetch_position,
+    group_membership,
     mirror_committed,
     read_committed,
+    static_member,
     stored_values,
+    written_span,
 )
 
 REPO = Path(__file__).resolve().parents[4]
@@ -56,11 +63,11 @@ async def app() -> AsyncIterator[Any]:
     app: Any = BatchRoutingApp(
         "contract-test",
         broker="kafka://localhost:1",
-        store="memory://",
+        store=STORE_URL,
         autodiscover=False,
         web_enabled=False,
     )
-    app.Table("state", partitions=1, key_type=bytes, value_type=bytes)
+    app.Table("state", partitions=4, key_type=bytes, value_type=bytes)
     yield app
     app.consumer._thread.thread_loop.close()  # made by mode's thread service on creation
 
@@ -201,13 +208,126 @@ async def table_manager_recovery(app: Any, consumers: list[AIOKafkaConsumer]) ->
 async def collection_data(app: Any, consumers: list[AIOKafkaConsumer]) -> None:
     table = app.tables["state"]
     assert isinstance(table.data, MutableMapping)
-    mirror_committed(table, [{b"a": b"1", b"b": b"2"}, {b"b": None, b"c": b"3"}])
+    assert isinstance(table.data, ChangelogOffsetStore), "the store URL no longer picks ours"
+    mirror_committed(table, {0: {b"a": b"1", b"b": b"2"}}, {0: (0, 1)})
+    mirror_committed(table, {0: {b"b": None, b"c": b"3"}}, {0: (3, 4)})
     assert sorted(stored_values(table)) == [b"1", b"3"]
+
+
+async def group_instance_id(app: Any, consumers: list[AIOKafkaConsumer]) -> None:
+    assert "group_instance_id" in params(AIOKafkaConsumer.__init__)
+    public = AIOKafkaConsumer(bootstrap_servers="localhost:1", group_instance_id="w-1")
+    written = static_member(AIOKafkaConsumer(bootstrap_servers="localhost:1"), "w-1")
+    consumers += [public, written]
+    assert public._group_instance_id == "w-1", "the argument is stored elsewhere"
+    assert written._group_instance_id == public._group_instance_id
+    # start() hands the field to the group coordinator: writing it before start() is the
+    # argument.
+    assert "group_instance_id=self._group_instance_id" in inspect.getsource(AIOKafkaConsumer.start)
+    app.group_instance_id = "contract-test-w-1"
+    built = app.consumer._thread._create_worker_consumer(app.transport)
+    consumers.append(built)
+    assert built._group_instance_id == "contract-test-w-1"
+
+
+async def set_recovery_ended(app: Any, consumers: list[AIOKafkaConsumer]) -> None:
+    assert params(Recovery._set_recovery_ended) == ["self"]
+    source = inspect.getsource(Recovery)
+    assert "self._set_recovery_ended()" in source, "faust no longer ends a recovery through it"
+    recovery = app.tables.recovery
+    recovery._set_recovery_started()
+    assert recovery.in_recovery
+    recovery._set_recovery_ended()
+    assert not recovery.in_recovery
 
 
 async def worker_spinner(app: Any, consumers: list[AIOKafkaConsumer]) -> None:
     assert "spinner" in inspect.get_annotations(faust.Worker)
     assert "if self.spinner" in inspect.getsource(faust.Worker), "faust no longer skips a None"
+
+
+async def consumer_coordinator(app: Any, consumers: list[AIOKafkaConsumer]) -> None:
+    from aiokafka.consumer import group_coordinator
+    from aiokafka.protocol.commit import OffsetCommitRequest
+    from aiokafka.protocol.group import JoinGroupRequest
+
+    assert "self._coordinator = GroupCoordinator(" in inspect.getsource(AIOKafkaConsumer.start)
+    init = inspect.getsource(group_coordinator.GroupCoordinator.__init__)
+    assert "self.generation = " in init and "self.member_id = " in init
+    reset = inspect.getsource(group_coordinator.GroupCoordinator.reset_generation)
+    assert "self.generation = OffsetCommitRequest.DEFAULT_GENERATION_ID" in reset
+    assert "self.member_id = JoinGroupRequest.UNKNOWN_MEMBER_ID" in reset
+    # What group_membership reads as "no membership".
+    assert OffsetCommitRequest.DEFAULT_GENERATION_ID == -1
+    assert JoinGroupRequest.UNKNOWN_MEMBER_ID == ""
+    # A successful join is where both are set: the generation the group coordinator checks.
+    assert "self._coordinator.generation = response.generation_id" in inspect.getsource(
+        group_coordinator
+    )
+    assert group_membership(app) is None, "a worker not started has a membership"
+
+
+async def coordinator_group_instance_id(app: Any, consumers: list[AIOKafkaConsumer]) -> None:
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+
+    assert "group_instance_id" in params(GroupCoordinator.__init__)
+    source = inspect.getsource(GroupCoordinator.__init__)
+    assert "self._group_instance_id = group_instance_id" in source
+    start = inspect.getsource(AIOKafkaConsumer.start)
+    assert "group_instance_id=self._group_instance_id" in start
+
+
+async def producer_sender(app: Any, consumers: list[AIOKafkaConsumer]) -> None:
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.producer.sender import Sender
+
+    plain = AIOKafkaProducer(bootstrap_servers="localhost:1")
+    fencing = FencingProducer(bootstrap_servers="localhost:1", transactional_id="t")
+    try:
+        assert type(plain._sender) is Sender, "aiokafka builds another sender class"
+        assert type(fencing._sender) is FencingSender, "the swap did not take"
+        assert fencing._sender._txn_manager is fencing._txn_manager
+    finally:
+        await plain.stop()
+        await fencing.stop()
+
+
+async def do_txn_offset_commit(app: Any, consumers: list[AIOKafkaConsumer]) -> None:
+    from aiokafka.producer.sender import Sender
+
+    method = Sender._do_txn_offset_commit
+    assert params(method) == ["self", "offsets", "group_id"]
+    assert inspect.iscoroutinefunction(method)
+    caller = inspect.getsource(Sender._maybe_do_transactional_request)
+    assert "self._do_txn_offset_commit(offsets, group_id)" in caller, "no longer the one place"
+
+
+async def find_coordinator(app: Any, consumers: list[AIOKafkaConsumer]) -> None:
+    from aiokafka.producer.sender import Sender
+
+    method = Sender._find_coordinator
+    assert params(method) == ["self", "coordinator_type", "coordinator_key"]
+    assert inspect.iscoroutinefunction(method)
+    original = inspect.getsource(Sender._do_txn_offset_commit)
+    assert "self._find_coordinator(CoordinationType.GROUP, group_id)" in original
+
+
+async def sender_txn_manager(app: Any, consumers: list[AIOKafkaConsumer]) -> None:
+    from aiokafka.producer.transaction_manager import TransactionManager
+
+    for name in ("transactional_id", "producer_id", "producer_epoch"):
+        assert hasattr(TransactionManager("t", 60_000), name), f"TransactionManager.{name}"
+    assert params(TransactionManager.error_transaction) == ["self", "exc"]
+    assert params(TransactionManager.wait_for_transaction_end) == ["self"]
+
+
+async def txn_offset_commit_handler(app: Any, consumers: list[AIOKafkaConsumer]) -> None:
+    from aiokafka.producer.sender import TxnOffsetCommitHandler
+
+    assert params(TxnOffsetCommitHandler.__init__) == ["self", "sender", "offsets", "group_id"]
+    source = inspect.getsource(TxnOffsetCommitHandler.handle_response)
+    assert "for topic, partitions in resp.errors:" in source, "no longer reads v0's shape"
+    assert "for partition, error_code in partitions:" in source
 
 
 CHECKS: dict[str, Callable[[Any, list[AIOKafkaConsumer]], Awaitable[None]]] = {
@@ -229,6 +349,15 @@ CHECKS: dict[str, Callable[[Any, list[AIOKafkaConsumer]], Awaitable[None]]] = {
     "TableManager._recovery": table_manager_recovery,
     "Collection.data": collection_data,
     "Worker.spinner": worker_spinner,
+    "Recovery._set_recovery_ended": set_recovery_ended,
+    "AIOKafkaConsumer._group_instance_id": group_instance_id,
+    "AIOKafkaConsumer._coordinator": consumer_coordinator,
+    "GroupCoordinator._group_instance_id": coordinator_group_instance_id,
+    "AIOKafkaProducer._sender": producer_sender,
+    "Sender._do_txn_offset_commit": do_txn_offset_commit,
+    "Sender._find_coordinator": find_coordinator,
+    "Sender._txn_manager": sender_txn_manager,
+    "TxnOffsetCommitHandler.handle_response": txn_offset_commit_handler,
 }
 
 
@@ -308,3 +437,83 @@ def test_the_module_names_its_libraries_as_pinned() -> None:
     for library, _ in PRIVATE_NAMES:
         assert pinned(library) != "not pinned", library
     assert faust_internals.__doc__ and "docs/runtime.md" in faust_internals.__doc__
+
+
+# -- the store: data exactly the changelog up to the offset it remembers ---------------------
+
+
+class Record:
+    def __init__(self, offset: int, key: bytes | None, value: bytes | None) -> None:
+        self.offset, self.key, self.value = offset, key, value
+
+
+def store_of(app: Any) -> ChangelogOffsetStore:
+    store = app.tables["state"].data
+    assert isinstance(store, ChangelogOffsetStore)
+    return store
+
+
+def test_the_store_resumes_after_what_it_applied_and_never_goes_back(app: Any) -> None:
+    store = store_of(app)
+    tp = TP("contract-test-state-changelog", 1)
+    assert store.persisted_offset(tp) == -1, "unknown: read from the start, whatever faust keeps"
+    store.apply_records(1, [Record(0, b"a", b"1"), Record(1, b"b", b"2"), Record(3, b"a", b"3")])
+    assert store.persisted_offset(tp) == 3
+    # A fetch re-read after a seek back applies nothing: an older value never comes back.
+    assert store.apply_records(1, [Record(0, b"a", b"1"), Record(3, b"a", b"3")]) == 0
+    assert store.apply_records(1, [Record(5, b"b", None)]) == 1
+    assert dict(store.data) == {b"a": b"3"}
+    assert store.persisted_offset(tp) == 5
+
+
+def test_own_writes_are_kept_only_when_they_follow_what_was_applied(app: Any) -> None:
+    store = store_of(app)
+    store.apply_records(2, [Record(10, b"x", b"1")])
+    store.mirror(2, {b"x": b"2"}, (12, 12))  # 11: the commit marker of 10's transaction
+    assert store.applied[2] == 12 and store.data[b"x"] == b"2"
+    # Offset 14, 15 were written by someone else (a zombie, an aborted transaction): forget.
+    store.mirror(2, {b"x": b"3"}, (16, 16))
+    assert 2 not in store.applied and b"x" not in store.data
+    # Nothing applied yet: only writes from offset 0 on are provably the whole partition.
+    store.mirror(3, {b"y": b"1"}, (0, 0))
+    assert store.applied[3] == 0
+    store.mirror(1, {b"z": b"1"}, (7, 7))
+    assert 1 not in store.applied and b"z" not in store.data
+    store.mirror(3, {b"y": b"2"}, None)  # deliveries not contiguous
+    assert 3 not in store.applied and b"y" not in store.data
+
+
+async def test_the_store_drops_only_the_partitions_it_no_longer_holds(app: Any) -> None:
+    store = store_of(app)
+    for partition in range(3):
+        store.apply_records(partition, [Record(0, f"k{partition}".encode(), b"v")])
+    topic = "contract-test-state-changelog"
+    await store.on_recovery_completed({TP(topic, 0)}, {TP(topic, 1)})  # active 0, standby 1
+    assert set(store.data) == {b"k0", b"k1"}
+    assert sorted(store.applied) == [0, 1]
+
+
+def test_written_span_is_none_unless_the_deliveries_are_contiguous() -> None:
+    assert written_span([(10, 3), (13, 2)]) == (10, 14)
+    assert written_span([(10, 3), (14, 2)]) is None
+    assert written_span([]) is None
+
+
+def test_a_fetch_of_a_changelog_is_applied_at_once_and_ends_the_recovery(app: Any) -> None:
+    recovery = app.tables.recovery
+    table = app.tables["state"]
+    tp = TP("contract-test-state-changelog", 0)
+    recovery.active_tps.add(tp)
+    recovery.tp_to_table[tp] = table
+    recovery.active_offsets[tp] = -1
+    recovery.active_highwaters[tp] = 3  # faust's highwater: the end offset - 1 (a marker at 3)
+    recovery._set_recovery_started()
+    recovery.apply_fetched(tp, [Record(0, b"a", b"1"), Record(1, b"b", b"2")])
+    assert recovery.in_recovery, "offset 2, the record before the marker, not applied yet"
+    assert recovery.active_offsets[tp] == 1 and store_of(app).applied[0] == 1
+    recovery.apply_fetched(tp, [Record(2, b"a", None)])
+    assert not recovery.in_recovery and recovery.signal_recovery_end.is_set()
+    assert dict(store_of(app).data) == {b"b": b"2"}
+    # A partition that is neither active nor standby (any more) is left alone.
+    recovery.apply_fetched(TP("contract-test-state-changelog", 1), [Record(0, b"c", b"3")])
+    assert b"c" not in store_of(app).data

@@ -140,8 +140,14 @@ def test_summary_reports_each_systems_best_and_the_ratio() -> None:
         r.system = "baseline"
     lines = stats.summary(pipeline, baseline)
     assert lines[0].startswith("pipeline: 2,000 msg/s sustained")
+    assert "p50 200 ms, p90 200 ms, max 200 ms (n=10)" in lines[0]
+    assert lines[0].endswith("the ceiling is between 2,000 and 4,000")
     assert lines[1].startswith("baseline: 100 msg/s sustained")
-    assert lines[2] == "ratio pipeline / baseline: 20.0x"
+    # The true ceilings lie anywhere in their brackets: so does the ratio.
+    assert lines[2] == (
+        "ratio pipeline / baseline: 20.0x of the highest passing rates; bracket 10.0x-40.0x "
+        "(pipeline 2,000-4,000, baseline 100-200 msg/s)"
+    )
 
 
 def test_summary_says_when_no_ratio_was_measured() -> None:
@@ -165,7 +171,8 @@ def test_markdown_section_has_the_date_machine_command_and_a_row_per_step() -> N
     assert "```sh\nveilleuse bench --lamps 10\n```" in text
     rows = [line for line in text.splitlines() if line.startswith("| pipeline |")]
     assert rows == [
-        "| pipeline | 1,000 | 1,000 | 1,000 | 0 (+0) | 10 (0) | 200 | 200 | 200 | yes | yes |"
+        "| pipeline | 1,000 | 1,000 | 1,000 | 0 (+0) | 10 (0) | 200 | 200 | 200 | yes | yes "
+        "| - (-) |"
     ]
     assert "- shared machine" in text
 
@@ -188,3 +195,82 @@ def test_stage_rates_over_the_window() -> None:
         "- pipeline at 1,000 msg/s, through each stage: kafka 1,000/s, worker 900/s, sink 1,000/s",
         "",
     ]
+
+
+def test_a_step_fails_on_its_worst_alert_not_on_an_interpolated_p99() -> None:
+    slow_one = step(1000)
+    slow_one.latencies_s = [0.1] * 9 + [1.05]
+    assert stats.percentile(slow_one.latencies_s, 99) < 1.05
+    assert not slow_one.latency_ok
+
+
+def test_brackets_of_a_search_and_of_the_ratio() -> None:
+    results = [step(1000), step(2000), step(4000, ok=False), step(3000), step(3500, ok=False)]
+    assert stats.bracket(results) == (3000, 3500)
+    assert stats.bracket([step(1000), step(2000)]) == (2000, None)
+    assert stats.bracket([step(1000, ok=False)]) == (None, 1000)
+    # Pipeline between 4,000 and 5,000, baseline between 250 and 300: 13.3x to 20x.
+    lower, upper = stats.ratio_bracket((4000, 5000), (250, 300))
+    assert lower == pytest.approx(13.33, abs=0.01)
+    assert upper == pytest.approx(20.0)
+    assert stats.ratio_bracket((4000, None), (250, 300)) == (pytest.approx(13.33, abs=0.01), None)
+
+
+def with_cpu(
+    r: StepResult, system: str, cpu: dict[str, float], idle: dict[str, float]
+) -> StepResult:
+    r.system = system
+    r.cpu_s = cpu
+    r.window_s = 40.0
+    r.window_processed = 40_000
+    r.idle_cpu_per_s = idle
+    return r
+
+
+def test_cpu_per_message_per_tree_in_total_and_net_of_the_services_idle() -> None:
+    cpu = dict.fromkeys(stats.PIPELINE_PARTS, 0.4) | {"publishers": 8.0}
+    r = with_cpu(step(1000), "pipeline", cpu, {"kafka": 0.005})
+    assert r.cpu_us("worker") == pytest.approx(10.0)  # 0.4 s over 40,000 messages
+    assert r.cpu_us("kafka", net=True) == pytest.approx((0.4 - 0.2) / 40_000 * 1e6)
+    # The load generator is measured but in neither side's total.
+    assert r.cpu_total_us() == pytest.approx(10.0 * len(stats.PIPELINE_PARTS))
+    assert r.cpu_total_us(net=True) == pytest.approx(10.0 * len(stats.PIPELINE_PARTS) - 5.0)
+    # A service busier when idle than under load counts zero, never negative.
+    r.idle_cpu_per_s = {"kafka": 1.0}
+    assert r.cpu_us("kafka", net=True) == 0.0
+    assert math.isnan(step(1000).cpu_total_us())  # nothing measured
+
+
+def test_the_cpu_ratio_is_taken_at_equal_rates_both_sides_sustained() -> None:
+    pipe = dict.fromkeys(stats.PIPELINE_PARTS, 0.1)  # 2.5 µs each, 22.5 µs in all
+    base = dict.fromkeys(stats.BASELINE_PARTS, 2.25)  # 56.25 µs each, 225 µs in all
+    pipeline = [
+        with_cpu(step(1000), "pipeline", pipe, {}),
+        with_cpu(step(2000), "pipeline", pipe, {}),
+    ]
+    baseline = [
+        with_cpu(step(1000), "baseline", base, {}),
+        with_cpu(step(2000, ok=False), "baseline", base, {}),
+    ]
+    pairs = stats.cpu_pairs(pipeline, baseline)
+    assert [(p.rate, b.rate) for p, b in pairs] == [(1000, 1000)]
+    lines = stats.cpu_summary(pipeline, baseline)
+    # Each side's best (2,000 and 1,000 msg/s) is context, not equal work.
+    assert lines[0].startswith("CPU per message at each side's highest passing rate: pipeline 22")
+    assert "the pipeline 10.0x cheaper" in lines[1]
+    assert lines[-1].startswith(
+        "CPU ratio baseline / pipeline at equal work, over 1 rate(s) both sustained: 10.0-10.0x"
+    )
+    assert stats.cpu_summary(pipeline, baseline[1:]) == [
+        "CPU per message at equal work: no rate sustained by both sides"
+    ]
+    rows = stats.cpu_rows(baseline, "baseline")
+    assert rows[0].startswith("| baseline asked msg/s | messages in window | baseline |")
+    assert rows[2].startswith("| 1,000 | 40,000 | 56 | 56 | 56 | 56 | - | 225 | 225 |")
+
+
+def test_steps_are_reported_in_the_order_they_alternated() -> None:
+    pipeline = [step(1000), step(2000), step(4000)]
+    baseline = [step(1000), step(500)]
+    order = [r.rate for r in stats.in_order(pipeline, baseline)]
+    assert order == [1000, 1000, 2000, 500, 4000]

@@ -58,5 +58,5 @@ def replay(sim: Simulation, tick_ms: int = 200) -> tuple[list[SeenAlert], int]:
         )  # fmt: skip
         engine.process(record)
         collect()
-    run_until(start + round((config.duration_s + config.observe_s) * 1000))
+    run_until(start + sim.observed_until_ms)
     return seen, rejected
