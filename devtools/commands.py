@@ -287,7 +287,7 @@ def simulate(  # noqa: PLR0917 - click passes every option positionally
     type=int,
     default=2,  # presets.DEMO_SEED (devtools.simulator is imported lazily, not at --help)
     show_default=True,
-    help="The home's life and network; 13 meets the fall rule's findings (docs/simulator.md).",
+    help="The home's life and network (13: the one that met the fall rule's former findings).",
 )
 @click.option("--workers", type=click.IntRange(1, 4), default=1, show_default=True)
 @click.option("--no-stack", is_flag=True, help="Do not run `stack up` and `setup` first.")

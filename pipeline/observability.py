@@ -2,7 +2,8 @@
 
 Logs: one JSON object per line on stderr (ready for Loki), with the context a log call passes
 through ``extra=`` (:data:`CONTEXT_FIELDS`: the lamp, the Kafka topic, partition and offset of
-the record concerned...) and the process's component.
+the record concerned...; any other ``extra=`` key too, e.g. a restore's ``restored`` count) and
+the process's component.
 
 Errors: Sentry through sentry-sdk when ``sentry.dsn`` is set. Its logging integration turns
 every ERROR log line into an event, so the errors a component catches and logs (a failed batch,
@@ -43,6 +44,11 @@ CONTEXT_FIELDS = (
     "mqtt_topic",
     "reason",
 )
+# What every LogRecord holds: anything else on a record came through ``extra=``.
+STANDARD_RECORD_FIELDS = frozenset(
+    logging.LogRecord("", logging.INFO, "", 0, "", (), None).__dict__
+) | {"message", "asctime", "taskName", "throttle"}
+BASE_KEYS = frozenset({"ts", "level", "logger", "msg", "exc"})
 # Shortest secret scrubbed: shorter values would blank out ordinary words.
 MIN_SECRET_LENGTH = 4
 FILTERED = "[Filtered]"
@@ -64,9 +70,8 @@ class JsonFormatter(logging.Formatter):
         }
         if self.component is not None:
             entry["component"] = self.component
-        for field in CONTEXT_FIELDS:
-            value = record.__dict__.get(field)
-            if value is not None:
+        for field, value in record.__dict__.items():
+            if field not in STANDARD_RECORD_FIELDS and field not in BASE_KEYS and value is not None:
                 entry[field] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)

@@ -6,13 +6,21 @@ Phases of one lamp::
       \\--on_floor / lying outside bed--> lying --60 s--------------/
     suspected --stands or sits within 30 s--> idle (fall_recovered, info)
 
-While two or more persons are seen (staff present) nothing is raised. Records older than the
-incident that was closed last are ignored, so duplicates and stragglers cannot reopen it.
+While two or more persons are seen (staff present) nothing is raised.
+
+Decisions follow event time, not the order records arrive in: the rule keeps the lamp's
+postures (and suspicions) of the last ``reorder_s`` of event time, so a record that arrives late
+within the protocol's bound is judged against the postures around it: who was in the room at
+the suspicion, whether the resident got up within its 30 s, when the time on the floor began.
+Suspicions covered by an incident already closed are ignored, so duplicates and stragglers
+cannot reopen it.
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import Field
 
@@ -22,6 +30,9 @@ from agents.rules.base import Rule, RuleContext, RuleSettings, RuleState
 UPRIGHT = frozenset({"standing", "sitting"})
 CONFIRM = "confirm"
 LONG_LIE = "long_lie"
+
+# What a posture says of the resident, as kept in the state's history.
+OTHER, UP, DOWN = 0, 1, 2
 
 
 class FallSettings(RuleSettings):
@@ -37,6 +48,12 @@ class FallSettings(RuleSettings):
     staff_min_persons: int = Field(
         2, ge=2, description="Rule 4: persons seen from which staff is taken to be present."
     )
+    reorder_s: float = Field(
+        30,
+        ge=0,
+        description="Event time of postures kept per lamp to judge a record arriving out of "
+        "order against the ones around it (the protocol's reordering bound).",
+    )
 
 
 def is_down(posture: str, zone: str) -> bool:
@@ -45,16 +62,44 @@ def is_down(posture: str, zone: str) -> bool:
 
 @dataclass
 class FallState(RuleState):
-    TIME_FIELDS = ("closed_at", "started_at", "persons_at", "last_upright_at", "last_down_at")
+    TIME_FIELDS = ("closed_at", "started_at", "last_down_at", "down_since")
 
     phase: str = "idle"  # idle | suspected | lying | alerted
     started_at: int = -1
     confidence: float = 0.0
     zone: str = ""
-    persons: int = 0
-    persons_at: int = -1
-    last_upright_at: int = -1
     last_down_at: int = -1
+    # The resident's current time on the floor, alone (rule 2), in "lying" and "suspected".
+    down_since: int = -1
+    down_zone: str = ""
+    # [ts, OTHER | UP | DOWN, persons, zone] in event-time order: the last ``reorder_s`` and the one
+    # posture before (who was in the room at the start of that window).
+    postures: list[list[Any]] = field(default_factory=list)
+    # [ts, confidence, zone] of the suspicions of the same window, decided or not.
+    suspicions: list[list[Any]] = field(default_factory=list)
+    # [started_at, closed_at] of the incidents closed in that window that raised or decided
+    # something (a fall alert, a recovery): the suspicions they cover are not judged again.
+    closed: list[list[int]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> Any:
+        state = super().load(data)
+        if "postures" not in data:
+            # Stored before the rule kept postures: its time on the floor was the lying
+            # phase's start, and who was in the room the last posture's persons.
+            if state.phase == "lying":
+                state.down_since, state.down_zone = state.started_at, state.zone
+            if data.get("persons_at", -1) >= 0:
+                state.postures = [[data["persons_at"], OTHER, data.get("persons", 1), ""]]
+        return state
+
+    def rebase(self, shift_ms: int) -> None:
+        super().rebase(shift_ms)
+        for entries in (self.postures, self.suspicions, self.closed):
+            for entry in entries:
+                entry[0] += shift_ms
+        for span in self.closed:
+            span[1] += shift_ms
 
 
 @dataclass
@@ -67,92 +112,187 @@ class FallRule(Rule[FallState]):
 
     def on_event(self, state: FallState, event: LampEvent, ctx: RuleContext) -> None:
         if event.type == "fall_suspected":
-            self._on_suspicion(state, event, ctx)
+            confidence = event.number("confidence")
+            if confidence < self.settings.min_confidence:
+                return
+            zone = event.str_field("zone")
+            suspicion = [event.ts, confidence, zone]
+            if suspicion not in state.suspicions:
+                bisect.insort(state.suspicions, suspicion, key=lambda s: s[0])
+            self._judge_suspicion(state, event.ts, confidence, zone, ctx)
         else:
             self._on_posture(state, event, ctx)
+        self._forget_old(state)
 
-    def _staff_present(self, state: FallState) -> bool:
-        return state.persons >= self.settings.staff_min_persons
+    # -- what the history says ------------------------------------------------------------
 
-    def _on_suspicion(self, state: FallState, event: LampEvent, ctx: RuleContext) -> None:
-        confidence = event.number("confidence")
-        if confidence < self.settings.min_confidence or event.ts <= state.closed_at:
-            return
-        if state.phase in ("suspected", "alerted") or self._staff_present(state):
-            return
+    def _staff(self, persons: int) -> bool:
+        return persons >= self.settings.staff_min_persons
+
+    def _persons_at(self, state: FallState, ts: int) -> int:
+        """Persons seen by the last posture at or before ``ts`` (none known: the resident)."""
+        i = bisect.bisect_right(state.postures, ts, key=lambda p: p[0])
+        return state.postures[i - 1][2] if i else 1
+
+    def _alone_down(self, posture: list[Any]) -> bool:
+        return posture[1] == DOWN and not self._staff(posture[2])
+
+    def _down_since(self, state: FallState) -> int | None:
+        """Start of the resident's current time on the floor, alone, after the last closed
+        incident: the earliest of the newest postures that all show it (None: they don't)."""
+        start = None
+        for posture in reversed(state.postures):
+            if posture[0] <= state.closed_at or not self._alone_down(posture):
+                break
+            start = posture[0]
+        return start
+
+    def _forget_old(self, state: FallState) -> None:
+        newest = max(
+            state.postures[-1][0] if state.postures else -1,
+            state.suspicions[-1][0] if state.suspicions else -1,
+        )
+        cutoff = newest - self.config.ms(self.settings.reorder_s)
+        keep = bisect.bisect_right(state.postures, cutoff, key=lambda p: p[0])
+        if keep > 1:
+            del state.postures[: keep - 1]
+        if state.suspicions and state.suspicions[0][0] < cutoff:
+            state.suspicions = [s for s in state.suspicions if s[0] >= cutoff]
+        if state.closed and state.closed[0][1] < cutoff:
+            state.closed = [c for c in state.closed if c[1] >= cutoff]
+
+    # -- rule 1 ---------------------------------------------------------------------------
+
+    def _judge_suspicion(
+        self, state: FallState, ts: int, confidence: float, zone: str, ctx: RuleContext
+    ) -> None:
+        if state.phase == "alerted" or (state.phase == "suspected" and ts >= state.started_at):
+            return  # rule 5: part of the open incident
         confirm_ms = self.config.ms(self.settings.confirm_s)
-        if event.ts < state.last_upright_at < event.ts + confirm_ms:
-            # Reordered: the resident was already seen up again within the 30 s.
-            self._recovered(state, event.ts, confidence, event.str_field("zone"), ctx)
-            state.closed_at = state.last_upright_at
-            return
-        ctx.cancel_timer(LONG_LIE)
+        if ts <= state.closed_at:
+            oldest = state.postures[0][0] if state.postures else ts + 1
+            covered = any(start - confirm_ms <= ts <= end for start, end in state.closed)
+            if covered or ts < oldest:
+                return  # a straggler of a closed incident, or too old to be judged
+        if self._staff(self._persons_at(state, ts)):
+            return  # rule 4 (judged again if a late posture shows the room otherwise)
+        for p_ts, kind, persons, _ in state.postures:
+            if ts < p_ts < ts + confirm_ms and kind == UP:
+                # The resident was seen up within the 30 s (that posture arrived first).
+                self._recovered(state, ts, confidence, zone, ctx)
+                state.closed.append([ts, p_ts])
+                state.closed_at = max(state.closed_at, p_ts)
+                return
+            if ts <= p_ts < ts + confirm_ms and self._staff(persons):
+                return  # staff came within the 30 s
+        # A new incident, or an earlier start of the one suspected (that suspicion arrived late).
         state.phase = "suspected"
-        state.started_at = event.ts
+        state.started_at = ts
         state.confidence = confidence
-        state.zone = event.str_field("zone")
-        ctx.set_timer(CONFIRM, event.ts + confirm_ms)
+        state.zone = zone
+        ctx.set_timer(CONFIRM, ts + confirm_ms)
+
+    # -- postures -------------------------------------------------------------------------
 
     def _on_posture(self, state: FallState, event: LampEvent, ctx: RuleContext) -> None:
         ts = event.ts
-        if ts >= state.persons_at:
-            state.persons, state.persons_at = event.integer("persons"), ts
         posture, zone = event.str_field("posture"), event.str_field("zone")
-        if posture in UPRIGHT:
-            state.last_upright_at = max(state.last_upright_at, ts)
-        elif is_down(posture, zone):
+        kind = UP if posture in UPRIGHT else DOWN if is_down(posture, zone) else OTHER
+        persons = event.integer("persons")
+        entry = [ts, kind, persons, zone]
+        if state.postures and ts < state.postures[-1][0]:
+            bisect.insort(state.postures, entry, key=lambda p: p[0])
+        else:
+            state.postures.append(entry)
+        if kind == DOWN:
             state.last_down_at = max(state.last_down_at, ts)
-        if state.phase == "suspected" and ts >= state.started_at:
-            if posture in UPRIGHT:
+        if state.phase == "suspected":
+            if ts < state.started_at:
+                if self._staff(self._persons_at(state, state.started_at)):
+                    self._close(state, ts, ctx)  # staff were there at the suspicion after all
+            elif kind == UP and ts > state.started_at:
                 self._recovered(state, state.started_at, state.confidence, state.zone, ctx)
+                state.closed.append([state.started_at, ts])
                 self._close(state, ts, ctx)
-            elif self._staff_present(state):
-                self._close(state, ts, ctx)
-        elif state.phase == "lying" and ts >= state.started_at:
-            if not is_down(posture, zone) or self._staff_present(state):
+            elif self._staff(persons):
                 self._close(state, ts, ctx)
         elif (
             state.phase == "alerted"
-            and posture in UPRIGHT
+            and kind == UP
             # Only a posture newer than every "down" one says the resident got up: a reordered
             # older "standing" must not resolve the alert while later records show them down.
             and ts > max(state.started_at, state.last_down_at)
         ):
             if state.incident is not None:
                 ctx.resolve(state.incident, {"reason": "stood_up", "posture": posture})
+            state.closed.append([state.started_at, ts])
             self._close(state, ts, ctx)
-        elif (
-            state.phase == "idle"
-            and is_down(posture, zone)
-            and ts > max(state.closed_at, state.last_upright_at)
-            and not self._staff_present(state)
-        ):
+        if state.suspicions and state.phase in ("idle", "lying"):
+            self._rejudge_suspicions(state, ts, ctx)
+        if state.phase in ("idle", "lying", "suspected"):
+            self._track_long_lie(state, entry, ctx)
+
+    def _rejudge_suspicions(self, state: FallState, ts: int, ctx: RuleContext) -> None:
+        """A late posture may change who was in the room at a later suspicion (rule 4)."""
+        for s_ts, confidence, zone in list(state.suspicions):
+            if s_ts >= ts and state.phase in ("idle", "lying"):
+                self._judge_suspicion(state, s_ts, confidence, zone, ctx)
+
+    # -- rule 2 ---------------------------------------------------------------------------
+
+    def _track_long_lie(self, state: FallState, posture: list[Any], ctx: RuleContext) -> None:
+        """Rule 2, after ``posture`` was added; it runs beside a suspicion too: whichever
+        deadline comes first raises the fall."""
+        if 0 <= state.down_since <= posture[0] and not self._alone_down(posture):
+            # Up, in bed, gone or with staff: that time on the floor is over.
+            state.down_since = -1
+            ctx.cancel_timer(LONG_LIE)
+            if state.phase == "lying":
+                self._close(state, posture[0], ctx)
+        since = self._down_since(state)
+        if since is None or 0 <= state.down_since <= since:
+            return
+        # A new time on the floor, or an earlier start of this one (its first posture arrived
+        # late): 60 s from its first posture.
+        state.down_since = since
+        state.down_zone = next(p[3] for p in state.postures if p[0] == since)
+        if state.phase != "suspected":
             state.phase = "lying"
-            state.started_at = ts
-            state.zone = zone
-            ctx.set_timer(LONG_LIE, ts + self.config.ms(self.settings.long_lie_s))
+            state.started_at = since
+        ctx.set_timer(LONG_LIE, since + self.config.ms(self.settings.long_lie_s))
+
+    # -- timers and acknowledgements ------------------------------------------------------
 
     def on_timer(self, state: FallState, timer: str, ctx: RuleContext) -> None:
-        expected = {CONFIRM: "suspected", LONG_LIE: "lying"}.get(timer)
-        if state.phase != expected:
+        if state.phase not in ("suspected", "lying"):
             return
-        if self._staff_present(state):
+        if timer == LONG_LIE and state.down_since < 0:
+            return
+        if state.postures and self._staff(state.postures[-1][2]):
             self._close(state, ctx.now, ctx)
             return
-        if timer == CONFIRM:
+        if timer == CONFIRM and state.phase == "suspected":
             details = {
                 "reason": "fall_not_recovered",
                 "confidence": f"{state.confidence:.2f}",
                 "zone": state.zone,
             }
+        elif timer == LONG_LIE:
+            state.started_at = state.down_since
+            details = {"reason": "long_lie", "zone": state.down_zone}
         else:
-            details = {"reason": "long_lie", "zone": state.zone}
+            return
+        ctx.cancel_timer(CONFIRM)
+        ctx.cancel_timer(LONG_LIE)
+        state.down_since = -1
         state.incident = ctx.raise_alert(self.name, "fall", "critical", state.started_at, details)
         state.phase = "alerted"
 
     def on_ack(self, state: FallState, alert_id: str, by: str, ctx: RuleContext) -> None:
         if state.incident is not None and state.incident.alert_id == alert_id:
+            started_at = state.started_at
             super().on_ack(state, alert_id, by, ctx)
+            state.closed.append([started_at, state.closed_at])
             state.phase = "idle"
 
     def _recovered(
@@ -167,4 +307,5 @@ class FallRule(Rule[FallState]):
         ctx.cancel_timer(LONG_LIE)
         state.phase = "idle"
         state.incident = None
+        state.down_since = -1
         state.closed_at = max(state.closed_at, at)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import random
 
+import orjson
 import pytest
 
-from agents.testing import T0_MS, Trace, at
+from agents.testing import T0_MS, Trace, at, seconds
 from pipeline.settings import DetectionSettings
 
 FALL_KINDS = ("fall", "fall_recovered")
@@ -448,6 +449,183 @@ def test_shuffled_incident_raises_one_fall_never_early(seed: int) -> None:
     assert resolved.details["reason"] == "stood_up"
 
 
+# -- decisions in event time (found by the demo's stricter scoring) ----------------------------
+
+
+def raised_at(t: Trace, kind: str = "fall") -> list[float]:
+    """Wall seconds (after the trace's start) at which ``kind`` was raised."""
+    return [(a.emitted_at - T0_MS) / 1000 for a in t.of(kind) if a.state == "raised"]
+
+
+def test_a_fall_just_after_the_caregiver_left_with_that_posture_reordered() -> None:
+    """A caregiver is seen until 5 s, the resident alone at 8 s, falls at 10 s and stays down.
+    The "alone" posture is delayed 12 s by the network. In event time the resident was alone
+    when they fell: the fall is due at 40 s. (The rule once judged rule 4 on the last posture
+    received, dropped the suspicion and raised only the long lie, at 71 s; with a caregiver
+    back before that, never: a fall missed in the demo's home.)"""
+    t = Trace()
+    t.deliver([
+        t.posture(0, "standing", persons=2),
+        t.posture(5, "standing", persons=2),
+        t.posture(8, "standing", persons=1, arrive_s=20),
+        t.fall(10),
+        *t.postures(11, 56, "on_floor", zone="floor"),
+    ])  # fmt: skip
+    t.run_until(80)
+    assert raised_at(t) == [40]
+    assert t.alerts[0].incident_started_at == at(10)
+
+
+def test_a_late_posture_showing_staff_at_the_suspicion_silences_it() -> None:
+    """The mirror case: the suspicion at 10 s and a posture of 12 s (the resident alone on the
+    floor) arrive first, then a posture of 9 s showing a caregiver: staff were there at the
+    suspicion, which raises nothing (rule 4). The resident alone on the floor from 12 s is
+    still rule 2's: a long lie at 72 s if nobody comes."""
+    t = Trace()
+    t.deliver([
+        t.posture(0, "standing"),
+        t.fall(10),
+        t.posture(12, "on_floor", zone="floor"),
+        t.posture(9, "standing", persons=2, arrive_s=15),
+    ])  # fmt: skip
+    t.run_until(71)
+    assert t.steps(*FALL_KINDS) == []
+    t.run_until(80)
+    assert raised_at(t) == [72]
+    assert t.alerts[0].details["reason"] == "long_lie"
+
+
+def test_a_long_lie_counts_from_the_earliest_down_posture_not_the_first_received() -> None:
+    """Sitting, then lying on the room's floor from 10 s; that first "down" posture is delayed
+    12 s, the next ones are not. Rule 2: 60 s of event time on the floor, due at 70 s (the
+    rule once started its clock at the 15 s posture received first: raised at 75 s)."""
+    t = Trace()
+    t.deliver([
+        t.posture(0, "sitting"),
+        t.posture(5, "sitting"),
+        t.posture(10, "lying", arrive_s=22),
+        *t.postures(15, 80, "on_floor", zone="floor"),
+    ])  # fmt: skip
+    t.run_until(90)
+    assert raised_at(t) == [70]
+    assert t.alerts[0].incident_started_at == at(10)
+    assert (t.alerts[0].details["reason"], t.alerts[0].details["zone"]) == ("long_lie", "room")
+
+
+def test_a_late_suspicion_of_a_fall_the_resident_got_up_from_is_still_a_recovery() -> None:
+    """Standing, a suspicion at 2 s delayed 20 s, on the floor at 3 and 8 s, sitting from 12 s:
+    the resident got up within the 30 s, a ``fall_recovered``. The "down" postures arrived
+    first and opened (then closed) a long-lie phase; the rule once ignored the late suspicion
+    as older than that phase, and reported nothing."""
+    t = Trace()
+    t.deliver([
+        t.posture(0, "standing"),
+        t.fall(2, arrive_s=22),
+        t.posture(3, "on_floor", zone="floor"),
+        t.posture(8, "on_floor", zone="floor"),
+        *t.postures(12, 32, "sitting"),
+    ])  # fmt: skip
+    t.run_until(60)
+    assert t.steps(*FALL_KINDS) == RECOVERED
+    assert t.alerts[0].incident_started_at == at(2)
+
+
+def test_an_earlier_suspicion_arriving_late_brings_the_deadline_forward() -> None:
+    """Two suspicions of one fall, at 8 and 18 s; the first is delayed 15 s. The fall is
+    due 30 s after the first (38 s), not after the one received first (48 s)."""
+    t = Trace()
+    t.deliver([
+        t.posture(0, "standing"),
+        t.fall(8, arrive_s=23),
+        t.posture(10, "on_floor", zone="floor"),
+        t.fall(18),
+        *t.postures(15, 60, "on_floor", zone="floor"),
+    ])  # fmt: skip
+    t.run_until(90)
+    assert raised_at(t) == [38]
+    assert t.alerts[0].incident_started_at == at(8)
+
+
+def test_a_suspicion_during_a_long_lie_does_not_postpone_it() -> None:
+    """Lying on the floor from 10 s (long lie due at 70 s), a suspicion at 58 s (due at 88 s):
+    the earlier deadline raises the fall, as a long lie."""
+    t = Trace()
+    t.feed(t.posture(0, "standing"), *t.postures(10, 55, "lying"), t.fall(58))
+    t.feed(*t.postures(60, 100, "on_floor", zone="floor"))
+    t.run_until(120)
+    assert raised_at(t) == [70]
+    assert t.alerts[0].details["reason"] == "long_lie"
+    assert t.alerts[0].incident_started_at == at(10)
+
+
+def random_day(rng: random.Random) -> list[tuple[float, str, dict[str, object]]]:
+    """(event seconds, type, fields) of a lamp's 400 s: spells of 10-90 s standing, sitting,
+    on the floor (with or without a caregiver), in bed or lying on the room's floor, a
+    suspicion just before most "down" spells and a few false ones."""
+    spells = [("standing", "room", 1), ("sitting", "room", 1), ("on_floor", "floor", 1),
+              ("lying", "bed", 1), ("on_floor", "floor", 2), ("standing", "room", 2),
+              ("lying", "room", 1)]  # fmt: skip
+    day: list[tuple[float, str, dict[str, object]]] = [
+        (s, "posture", {"posture": "standing", "zone": "room", "persons": 1, "confidence": 0.9})
+        for s in (0, 5)
+    ]
+    start = 10.0
+    while start < 400:
+        posture, zone, persons = rng.choice(spells)
+        length = rng.choice([10, 20, 25, 35, 50, 70, 90])
+        if posture in ("on_floor", "lying") and rng.random() < 0.7:
+            suspicion = {"confidence": 0.8, "zone": "floor"}
+            day.append((start - rng.uniform(0, 3), "fall_suspected", suspicion))
+        elif rng.random() < 0.08:
+            suspicion = {"confidence": 0.7, "zone": "room"}
+            day.append((start + rng.uniform(0, 5), "fall_suspected", suspicion))
+        fields = {"posture": posture, "zone": zone, "persons": persons, "confidence": 0.9}
+        day += [(s, "posture", fields) for s in seconds(start, start + length - 1, 5)]
+        start += length
+    return sorted(day, key=lambda r: r[0])
+
+
+def falls_of(day: list[tuple[float, str, dict[str, object]]], delays: list[float]) -> list:
+    """[started_at, raised_at, resolved_at or None] of each fall alert of the day delivered
+    with these network delays."""
+    t = Trace()
+    t.deliver(
+        [
+            t.record(s, kind, arrive_s=s + d, **f)
+            for (s, kind, f), d in zip(day, delays, strict=True)
+        ]
+    )
+    t.run_until(900)
+    assert t.dead == []
+    falls: dict[str, list] = {}
+    for a in t.of("fall"):
+        falls.setdefault(a.alert_id, [a.incident_started_at, None, None])
+        falls[a.alert_id][1 if a.state == "raised" else 2] = a.emitted_at
+    return list(falls.values())
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_reordering_within_30_s_misses_no_fall_and_raises_none_early(seed: int) -> None:
+    """A random lamp day delivered in event-time order and again with every record (after the
+    first two) delayed 0-30 s at random, the protocol's bound. Every fall of the ordered
+    delivery is raised in the reordered one too, from the same start, or falls inside a fall
+    alert open at that moment (rule 5: one incident); none is raised before its 30 s.
+    Reordering may still add a fall: a "got up" or "caregiver came" posture arriving after
+    the deadline cannot stop an alarm that rule 6 forbids holding back. The rule of 682f163
+    failed this on 14 of these 100 seeds and 79 of seeds 0-499 (the cases above); this one
+    passes all 500 (measured 2026-12-02)."""
+    rng = random.Random(seed)
+    day = random_day(rng)
+    ordered = falls_of(day, [0.0] * len(day))
+    delays = [0.0 if s < 8 else rng.uniform(0, 29.9) for s, _, _ in day]
+    reordered = falls_of(day, delays)
+    for started, raised, _ in ordered:
+        same = [f for f in reordered if f[0] == started]
+        open_then = [f for f in reordered if f[1] <= raised and (f[2] is None or f[2] >= raised)]
+        assert same or open_then, f"fall of {(started - T0_MS) / 1000} s missed"
+    assert all(raised >= started + 30_000 for started, raised, _ in reordered)
+
+
 # -- late replay after an outage ---------------------------------------------------------------
 
 
@@ -639,6 +817,43 @@ def test_restart_before_the_deadline_still_raises_once() -> None:
     assert t.alerts[0].emitted_at == at(40)
     t.feed(t.posture(110, "standing"))
     assert t.steps(*FALL_KINDS) == [RAISED, RESOLVED]
+
+
+def stored_as_before_the_history(t: Trace) -> None:
+    """Rewrite the lamp's stored fall state as the rule of 682f163 wrote it (no postures kept,
+    the last posture's persons and time, no separate time on the floor)."""
+    head, _, dedup = t.store[t.lamp_id].partition(b"\x00")
+    raw = orjson.loads(head)
+    fall = raw["rules"]["fall"]
+    last = fall["postures"][-1]
+    for name in ("postures", "suspicions", "closed", "down_since", "down_zone"):
+        del fall[name]
+    fall |= {"persons": last[2], "persons_at": last[0], "last_upright_at": -1}
+    t.store[t.lamp_id] = orjson.dumps(raw) + b"\x00" + dedup
+
+
+def test_a_long_lie_stored_by_the_previous_version_still_fires() -> None:
+    """Upgraded while a resident lies on the floor (a rolling deploy): the long lie that the
+    previous version started still fires at its 60 s."""
+    t = Trace()
+    t.feed(t.posture(0, "standing"), *t.postures(10, 30, "on_floor", zone="floor"))
+    stored_as_before_the_history(t)
+    t.restart()
+    t.run_until(100)
+    assert raised_at(t) == [70]
+    assert t.alerts[0].details["reason"] == "long_lie"
+
+
+def test_staff_stored_by_the_previous_version_still_counts() -> None:
+    """Upgraded while a caregiver is in the room: a suspicion just after, the lamp silent
+    then, is still rule 4's."""
+    t = Trace()
+    t.feed(*t.postures(0, 20, "standing", persons=2))
+    stored_as_before_the_history(t)
+    t.restart()
+    t.feed(t.fall(22))
+    t.run_until(100)
+    assert t.steps(*FALL_KINDS) == []
 
 
 def test_restart_after_the_alert_does_not_raise_it_again() -> None:

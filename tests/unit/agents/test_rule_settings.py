@@ -52,6 +52,7 @@ def test_the_defaults_and_bounds_are_the_protocols() -> None:
         "confirm_s": 30,
         "long_lie_s": 60,
         "staff_min_persons": 2,
+        "reorder_s": 30,
     }
     assert EnvironmentSettings().model_dump() == {
         "low_c": 17,

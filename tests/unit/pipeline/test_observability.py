@@ -20,6 +20,15 @@ def test_json_logs_carry_lamp_topic_partition_offset() -> None:
     )
 
 
+def test_json_logs_carry_any_other_extra_field_but_not_the_records_internals() -> None:
+    """A log call's own figures (a restore's count and time) reach the JSON line."""
+    record = logging.LogRecord("veilleuse.test", logging.INFO, __file__, 1, "restored", (), None)
+    record.__dict__.update(restored=1200, elapsed_s=0.5, throttle=True)
+    entry = json.loads(JsonFormatter().format(record))
+    assert (entry["restored"], entry["elapsed_s"]) == (1200, 0.5)
+    assert not {"throttle", "args", "levelno", "pathname", "lineno", "created"} & set(entry)
+
+
 def test_json_logs_include_the_exception() -> None:
     try:
         raise ValueError("boom")
