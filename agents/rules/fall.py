@@ -148,18 +148,17 @@ class FallRule(Rule[FallState]):
         return start
 
     def _forget_old(self, state: FallState) -> None:
-        newest = max(
-            state.postures[-1][0] if state.postures else -1,
-            state.suspicions[-1][0] if state.suspicions else -1,
-        )
+        postures, suspicions, closed = state.postures, state.suspicions, state.closed
+        newest = postures[-1][0] if postures else -1
+        if suspicions and suspicions[-1][0] > newest:
+            newest = suspicions[-1][0]
         cutoff = newest - self.config.ms(self.settings.reorder_s)
-        keep = bisect.bisect_right(state.postures, cutoff, key=lambda p: p[0])
-        if keep > 1:
-            del state.postures[: keep - 1]
-        if state.suspicions and state.suspicions[0][0] < cutoff:
-            state.suspicions = [s for s in state.suspicions if s[0] >= cutoff]
-        if state.closed and state.closed[0][1] < cutoff:
-            state.closed = [c for c in state.closed if c[1] >= cutoff]
+        while len(postures) > 1 and postures[1][0] <= cutoff:
+            del postures[0]
+        if suspicions and suspicions[0][0] < cutoff:
+            state.suspicions = [s for s in suspicions if s[0] >= cutoff]
+        if closed and closed[0][1] < cutoff:
+            state.closed = [c for c in closed if c[1] >= cutoff]
 
     # -- rule 1 ---------------------------------------------------------------------------
 
@@ -249,6 +248,8 @@ class FallRule(Rule[FallState]):
             ctx.cancel_timer(LONG_LIE)
             if state.phase == "lying":
                 self._close(state, posture[0], ctx)
+        if state.down_since >= 0 and posture is state.postures[-1]:
+            return  # still down, and only a late posture can move the start back
         since = self._down_since(state)
         if since is None or 0 <= state.down_since <= since:
             return
