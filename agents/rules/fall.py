@@ -33,6 +33,9 @@ LONG_LIE = "long_lie"
 
 # What a posture says of the resident, as kept in the state's history.
 OTHER, UP, DOWN = 0, 1, 2
+# Postures kept at most, whatever the window: a lamp sends one every 5 s (and on each change),
+# about 7 in 30 s; a lamp flooding postures must not grow its state (and changelog record).
+MAX_POSTURES = 16
 
 
 class FallSettings(RuleSettings):
@@ -155,6 +158,8 @@ class FallRule(Rule[FallState]):
         cutoff = newest - self.config.ms(self.settings.reorder_s)
         while len(postures) > 1 and postures[1][0] <= cutoff:
             del postures[0]
+        if len(postures) > MAX_POSTURES:
+            del postures[: len(postures) - MAX_POSTURES]
         if suspicions and suspicions[0][0] < cutoff:
             state.suspicions = [s for s in suspicions if s[0] >= cutoff]
         if closed and closed[0][1] < cutoff:

@@ -558,6 +558,16 @@ def test_a_suspicion_during_a_long_lie_does_not_postpone_it() -> None:
     assert t.alerts[0].incident_started_at == at(10)
 
 
+def test_a_lamp_flooding_postures_keeps_a_bounded_history() -> None:
+    """200 postures within 2 s (a faulty lamp): the state keeps at most 16 of them, and a
+    fall among them is still judged (on the floor, alone, 60 s: a long lie)."""
+    t = Trace()
+    t.feed(*t.postures(0, 1.99, "on_floor", step_s=0.01, zone="floor"))
+    assert len(t.rule_state("fall").postures) <= 16  # type: ignore[attr-defined]
+    t.run_until(70)
+    assert raised_at(t) == [60]
+
+
 def random_day(rng: random.Random) -> list[tuple[float, str, dict[str, object]]]:
     """(event seconds, type, fields) of a lamp's 400 s: spells of 10-90 s standing, sitting,
     on the floor (with or without a caregiver), in bed or lying on the room's floor, a
