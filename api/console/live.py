@@ -145,6 +145,8 @@ class AlertHub:
         self._steps_task: asyncio.Task[None] | None = None
         self.fetch = fetch
         self.steps_query = steps_query
+        # What of the live updates is failing now: "alerts" (the tail), "steps" (the poller).
+        self.down: set[str] = set()
 
     @contextlib.asynccontextmanager
     async def subscribe(self, sites: frozenset[str] | None) -> AsyncIterator[Subscriber]:
@@ -165,6 +167,7 @@ class AlertHub:
     async def close(self) -> None:
         tasks = [task for task in (self._task, self._steps_task) if task is not None]
         self._task = self._steps_task = None
+        self.down.clear()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -173,6 +176,19 @@ class AlertHub:
         for subscriber in list(self.subscribers):
             if subscriber.wants(event["site_id"]):
                 subscriber.offer(event)
+
+    def _health(self, part: str, ok: bool) -> None:
+        """Tell every open board when its live updates stop and when they come back: a board
+        still saying "connected" while PostgreSQL or Kafka is away would show a stale page as
+        if it were live (the browser's connection to us is fine all along)."""
+        was_live = not self.down
+        if ok:
+            self.down.discard(part)
+        else:
+            self.down.add(part)
+        if was_live != (not self.down):
+            for subscriber in list(self.subscribers):
+                subscriber.offer({"event": "status", "live": not self.down})
 
     def _sites(self) -> frozenset[str] | None:
         sites: set[str] = set()
@@ -189,18 +205,22 @@ class AlertHub:
             try:
                 for event in await poller.poll(self._sites()):
                     self._fan_out(event)
+                self._health("steps", ok=True)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - PostgreSQL away: the next poll retries
                 log.warning("console: polling alert_events failed (%s); retrying", exc)
+                self._health("steps", ok=False)
             await asyncio.sleep(STEP_POLL_S)
+
+    def _tail_ready(self, _topic: str, _partitions: Any) -> None:
+        self.ready.set()
+        self._health("alerts", ok=True)
 
     async def _tail(self) -> None:
         while self.subscribers:
             try:
-                async for item in follow(
-                    self.settings, on_ready=lambda _topic, _partitions: self.ready.set()
-                ):
+                async for item in follow(self.settings, on_ready=self._tail_ready):
                     if not isinstance(item, TailedAlert):
                         log.warning("console: undecodable record on alerts.v1: %s", item.error)
                         continue
@@ -209,5 +229,6 @@ class AlertHub:
                 raise
             except Exception as exc:  # noqa: BLE001 - Kafka away: the boards wait, the tail retries
                 self.ready.clear()
+                self._health("alerts", ok=False)
                 log.warning("console: the alerts.v1 tail stopped (%s); retrying", exc)
                 await asyncio.sleep(RETRY_S)

@@ -244,6 +244,8 @@ async def events(
             announced = await wait_ready(console)
             if announced:
                 yield sse("ready", {"site_id": site_id})
+            if console.hub.down:  # joined while PostgreSQL or Kafka is away: not live yet
+                yield sse("status", {"live": False})
             while True:
                 try:
                     event = await asyncio.wait_for(subscriber.queue.get(), HEARTBEAT_S)
@@ -254,6 +256,9 @@ async def events(
                     if not announced and console.hub.ready.is_set():
                         announced = True  # Kafka was slow at first: the tail is up now
                         yield sse("ready", {"site_id": site_id})
+                    continue
+                if event.get("event") == "status":  # the live updates stopped or came back
+                    yield sse("status", {"live": event["live"]})
                     continue
                 yield sse(event.get("event", "alert"), labelled(event))
 

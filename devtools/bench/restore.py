@@ -36,8 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from devtools.changelog_fill import fill_fleet_state
 from devtools.processes import PipelineProcess
 from pipeline import clients
 from pipeline.settings import Settings, load_settings
@@ -76,37 +75,17 @@ async def fill(settings: Settings, lamps: int, rounds: int) -> int:
     """``lamps`` lamps heard ``rounds`` times each; returns the messages sent."""
     producer = clients.producer(settings)
     await producer.start()
-    topic = topic_name(settings, LAMP_MESSAGES)
-    sent = 0
     try:
-        for round_ in range(rounds):
-            now = int(time.time() * 1000)
-            futures = []
-            for i in range(lamps):
-                lamp = f"L-{i}"
-                payload = {
-                    "v": 1,
-                    "lamp_id": lamp,
-                    "seq": round_,
-                    "ts": now,
-                    "type": "posture",
-                    "posture": "sitting" if round_ % 2 else "standing",
-                    "zone": "room",
-                    "confidence": 0.9,
-                    "persons": 1,
-                }
-                headers = [("mqtt.topic", f"lamps/bench-restore/{lamp}/events".encode())]
-                futures.append(
-                    await producer.send(
-                        topic, orjson.dumps(payload), key=lamp.encode(), headers=headers
-                    )
-                )
-            await asyncio.gather(*futures)
-            sent += lamps
-            await asyncio.sleep(1.0)
+        return await fill_fleet_state(
+            producer,
+            topic_name(settings, LAMP_MESSAGES),
+            site="bench-restore",
+            lamps=lamps,
+            rounds=rounds,
+            pause_s=1.0,
+        )
     finally:
         await producer.stop()
-    return sent
 
 
 async def group_caught_up(settings: Settings, group: str, timeout_s: float) -> bool:

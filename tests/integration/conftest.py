@@ -35,21 +35,25 @@ def stack_status(settings: Settings) -> dict[str, manager.Report]:
     return {report.service: report for report in manager.status(settings)}
 
 
+def need(stack_status: dict[str, manager.Report], *names: str) -> None:
+    """Fail (CI) or skip (elsewhere) unless each of the services ``names`` answers: the
+    ``require`` fixture, and the same for fixtures of a wider scope than a test's."""
+    down = [stack_status[name] for name in names if stack_status[name].state not in manager.READY]
+    if not down:
+        return
+    message = "; ".join(f"{r.service} is {r.state.value} ({r.detail})" for r in down)
+    message += " — run `veilleuse stack up`"
+    if under_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture
 def require(stack_status: dict[str, manager.Report]):  # type: ignore[no-untyped-def]
     """``require("kafka", ...)``: fail (CI) or skip (elsewhere) unless each service answers."""
 
     def check(*names: str) -> None:
-        down = [
-            stack_status[name] for name in names if stack_status[name].state not in manager.READY
-        ]
-        if not down:
-            return
-        message = "; ".join(f"{r.service} is {r.state.value} ({r.detail})" for r in down)
-        message += " — run `veilleuse stack up`"
-        if under_ci():
-            pytest.fail(message)
-        pytest.skip(message)
+        need(stack_status, *names)
 
     return check
 

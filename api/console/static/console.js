@@ -165,5 +165,14 @@
       // As above.
     }
   });
+  // The server's own live updates stopped (PostgreSQL or Kafka away) or came back: the
+  // connection to us is fine, but the board is not live meanwhile.
+  source.addEventListener("status", function (event) {
+    try {
+      setLive(JSON.parse(event.data).live === true);
+    } catch (error) {
+      setLive(false);
+    }
+  });
   source.onerror = function () { setLive(false); };
 })();

@@ -20,6 +20,7 @@ from pipeline.topics import ALERT_ACKS, topic_name
 from schemas import decode
 from tests.integration.agents.conftest import LampSender
 from tests.integration.api.conftest import SITE_A, ApiRun
+from tests.integration.processes import pipeline_processes
 
 T = TypeVar("T")
 
@@ -40,36 +41,7 @@ def pipeline(
 ) -> Iterator[list[PipelineProcess]]:
     logs = tmp_path_factory.mktemp("pipeline")
     live_port = free_port()
-    processes = [
-        PipelineProcess(
-            ["worker", "--instance-id", "api-w1"],
-            {
-                **api_run.env,
-                "VEILLEUSE_DETECTION__METRICS_PORT": "0",
-                "VEILLEUSE_DETECTION__LIVE_PORT": str(live_port),
-                "VEILLEUSE_DETECTION__SESSION_TIMEOUT_S": "6",
-            },
-            logs / "worker.log",
-        ),
-        PipelineProcess(
-            ["sink", "postgres"],
-            {
-                **api_run.env,
-                "VEILLEUSE_SINK__POSTGRES_METRICS_PORT": "0",
-                "VEILLEUSE_SINK__LINGER_MS": "100",
-            },
-            logs / "sink-postgres.log",
-        ),
-        PipelineProcess(
-            ["sink", "elasticsearch"],
-            {
-                **api_run.env,
-                "VEILLEUSE_SINK__ELASTICSEARCH_METRICS_PORT": "0",
-                "VEILLEUSE_SINK__LINGER_MS": "100",
-            },
-            logs / "sink-elasticsearch.log",
-        ),
-    ]
+    processes = pipeline_processes(api_run.env, logs, "api-w1", live_port=live_port)
     for process in processes:
         process.start()
     try:

@@ -45,9 +45,10 @@ from pipeline import clients
 from pipeline.ports import free_port
 from pipeline.settings import Settings
 from pipeline.topics import ensure_topics_sync
-from tests.conftest import under_ci
 from tests.integration.api.conftest import SITE_A, SITE_B, ApiRun, seed, wait_until_ready
+from tests.integration.conftest import need
 from tests.integration.databases import scratch_database
+from tests.integration.processes import pipeline_processes
 
 # Playwright must never fetch a browser of its own: the one under test is Debian's.
 os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
@@ -80,18 +81,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(
             f"console screenshots ({len(_SCREENSHOTS)}): {_SCREENSHOTS[0].parent}"
         )
-
-
-def need(stack_status: dict[str, manager.Report], *names: str) -> None:
-    """As the ``require`` fixture, for the package's fixtures: fail under CI, skip elsewhere."""
-    down = [stack_status[n] for n in names if stack_status[n].state not in manager.READY]
-    if not down:
-        return
-    message = "; ".join(f"{r.service} is {r.state.value} ({r.detail})" for r in down)
-    message += " — run `veilleuse stack up`"
-    if under_ci():
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 # -- the console's server: the API process over a running pipeline ---------------------------
@@ -209,38 +198,14 @@ def console(
             "VEILLEUSE_LOG_FORMAT": "json",
         }
         logs = tmp_path_factory.mktemp("console")
-        pipeline = [
-            PipelineProcess(
-                ["worker", "--instance-id", "console-w1"],
-                {
-                    **env,
-                    "VEILLEUSE_DETECTION__METRICS_PORT": "0",
-                    "VEILLEUSE_DETECTION__LIVE_PORT": str(free_port()),
-                    "VEILLEUSE_DETECTION__SESSION_TIMEOUT_S": "6",
-                    # Rule 1's 30 s, shortened: the fall is confirmed by the worker's timer.
-                    "VEILLEUSE_RULES__FALL__CONFIRM_S": "2",
-                },
-                logs / "worker.log",
-            ),
-            PipelineProcess(
-                ["sink", "postgres"],
-                {
-                    **env,
-                    "VEILLEUSE_SINK__POSTGRES_METRICS_PORT": "0",
-                    "VEILLEUSE_SINK__LINGER_MS": "100",
-                },
-                logs / "sink-postgres.log",
-            ),
-            PipelineProcess(
-                ["sink", "elasticsearch"],
-                {
-                    **env,
-                    "VEILLEUSE_SINK__ELASTICSEARCH_METRICS_PORT": "0",
-                    "VEILLEUSE_SINK__LINGER_MS": "100",
-                },
-                logs / "sink-elasticsearch.log",
-            ),
-        ]
+        pipeline = pipeline_processes(
+            env,
+            logs,
+            "console-w1",
+            live_port=free_port(),
+            # Rule 1's 30 s, shortened: the fall is confirmed by the worker's timer.
+            VEILLEUSE_RULES__FALL__CONFIRM_S="2",
+        )
         api = PipelineProcess(["api"], env, logs / "api.log")
         run = ConsoleRun(
             ApiRun(scoped, env, f"http://127.0.0.1:{port}", tokens, api), conninfo, pipeline

@@ -479,15 +479,20 @@ def scratch_database(settings: Settings) -> Iterator[Settings]:
         yield scoped
 
 
-@pytest.fixture
-async def sink_run(settings: Settings, tmp_path: Path, require: Any) -> AsyncIterator[SinkRun]:
-    require("kafka", "postgres")
+# The topics the sink reads (it waits for every one to exist, activity.nightly.v1 included) and
+# its dead letters.
+SINK_TOPICS = (ACTIVITY_HOURLY, ALERTS, ACTIVITY_NIGHTLY, SINK_DLQ)
+
+
+@contextlib.asynccontextmanager
+async def open_sink_run(settings: Settings, tmp_path: Path) -> AsyncIterator[SinkRun]:
+    """A ``SinkRun`` on topics and a database of its own, with a started producer; its sinks
+    stopped and its topics deleted afterwards."""
     prefix = f"t{uuid.uuid4().hex[:8]}."
     isolated = settings.model_copy(
         update={"kafka": settings.kafka.model_copy(update={"topic_prefix": prefix})}
     )
-    # The sink reads activity.nightly.v1 too: it waits for every topic it reads to exist.
-    await ensure_topics(isolated, (ACTIVITY_HOURLY, ALERTS, ACTIVITY_NIGHTLY, SINK_DLQ))
+    await ensure_topics(isolated, SINK_TOPICS)
     with scratch_database(isolated) as scoped:
         run = SinkRun(scoped, tmp_path)
         run.producer = clients.producer(scoped)
@@ -501,14 +506,16 @@ async def sink_run(settings: Settings, tmp_path: Path, require: Any) -> AsyncIte
             admin = clients.admin_client(scoped)
             await admin.start()
             try:
-                await admin.delete_topics(
-                    [
-                        topic_name(scoped, spec)
-                        for spec in (ACTIVITY_HOURLY, ALERTS, ACTIVITY_NIGHTLY, SINK_DLQ)
-                    ]
-                )
+                await admin.delete_topics([topic_name(scoped, spec) for spec in SINK_TOPICS])
             finally:
                 await admin.close()
+
+
+@pytest.fixture
+async def sink_run(settings: Settings, tmp_path: Path, require: Any) -> AsyncIterator[SinkRun]:
+    require("kafka", "postgres")
+    async with open_sink_run(settings, tmp_path) as run:
+        yield run
 
 
 READY = r"resumes from the store's offsets"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -24,21 +23,17 @@ from psycopg.rows import dict_row
 
 from connectors.sinks.postgres import PostgresSink
 from connectors.sinks.runner import Batch
-from pipeline import clients
 from pipeline.records import KafkaRecord
 from pipeline.settings import Settings
-from pipeline.topics import (
-    ACTIVITY_HOURLY,
-    ACTIVITY_NIGHTLY,
-    ALERTS,
-    SINK_DLQ,
-    ensure_topics,
-    topic_name,
-)
+from pipeline.topics import ACTIVITY_NIGHTLY, topic_name
 from schemas import MARKER, encode, schema
-from tests.integration.sinks.test_postgres_sink import READY, SinkRun, scratch_database
+from tests.integration.sinks.test_postgres_sink import (
+    READY,
+    SinkRun,
+    open_sink_run,
+    scratch_database,
+)
 
-SPECS = (ACTIVITY_HOURLY, ALERTS, ACTIVITY_NIGHTLY, SINK_DLQ)
 LAMPS = 60
 NIGHTS = 4
 SITES = ("fr-site-00", "fr-site-01", "fr-site-02")
@@ -136,27 +131,8 @@ def written_at(conninfo: str) -> dict[tuple[str, date], datetime]:
 @pytest.fixture
 async def night_run(settings: Settings, tmp_path: Path, require: Any) -> AsyncIterator[SinkRun]:
     require("kafka", "postgres")
-    prefix = f"t{uuid.uuid4().hex[:8]}."
-    isolated = settings.model_copy(
-        update={"kafka": settings.kafka.model_copy(update={"topic_prefix": prefix})}
-    )
-    await ensure_topics(isolated, SPECS)
-    with scratch_database(isolated) as scoped:
-        run = SinkRun(scoped, tmp_path)
-        run.producer = clients.producer(scoped)
-        await run.producer.start()
-        try:
-            yield run
-        finally:
-            for sink in run.sinks:
-                sink.stop()
-            await run.producer.stop()
-            admin = clients.admin_client(scoped)
-            await admin.start()
-            try:
-                await admin.delete_topics([topic_name(scoped, spec) for spec in SPECS])
-            finally:
-                await admin.close()
+    async with open_sink_run(settings, tmp_path) as run:
+        yield run
 
 
 async def test_nights_are_stored_once_each_across_a_sigkill_and_junk_is_dead_lettered(

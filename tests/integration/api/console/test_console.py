@@ -13,7 +13,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -293,10 +293,12 @@ async def test_an_acknowledgement_through_a_staff_session_reaches_alerts_acks(
     staff.close()
 
 
-async def read_stream(
-    api_run: ApiRun, session_id: str, site: str, until: set[str], events: list[Any],
-    ready: asyncio.Event,
+async def read_events(
+    api_run: ApiRun, session_id: str, site: str, events: list[Any], ready: asyncio.Event,
+    done: Callable[[], bool],
 ) -> None:  # fmt: skip
+    """The site's console event stream, each event appended to ``events`` as ``(name, data)``;
+    ``ready`` set on the stream's ``ready`` event; until ``done()`` after an event."""
     async with (
         httpx.AsyncClient(
             base_url=api_run.url, cookies={SESSION_COOKIE: session_id}, timeout=60
@@ -311,14 +313,23 @@ async def read_stream(
             if line.startswith("event:"):
                 name = line.split(":", 1)[1].strip()
             elif line.startswith("data:"):
-                data = json.loads(line.split(":", 1)[1])
-                events.append((name, data))
+                events.append((name, json.loads(line.split(":", 1)[1])))
                 if name == "ready":
                     ready.set()
-                if data.get("alert_id") in until:
+                if done():
                     return
             elif not line:
                 name = "message"
+
+
+async def read_stream(
+    api_run: ApiRun, session_id: str, site: str, until: set[str], events: list[Any],
+    ready: asyncio.Event,
+) -> None:  # fmt: skip
+    """The site's event stream until an event of an alert of ``until`` came."""
+    await read_events(
+        api_run, session_id, site, events, ready, lambda: events[-1][1].get("alert_id") in until
+    )
 
 
 async def test_the_event_stream_carries_the_sites_alerts_only(api_run: ApiRun) -> None:

@@ -7,14 +7,12 @@ and on the board alike, and a lamp silent for a day is shown offline."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
@@ -23,7 +21,7 @@ from api.console.sessions import SESSION_COOKIE
 from connectors.sinks.elasticsearch import MAPPINGS
 from pipeline import clients
 from tests.integration.api.conftest import SITE_A, SITE_B, ApiRun
-from tests.integration.api.console.test_console import signed_in
+from tests.integration.api.console.test_console import read_events, signed_in
 
 
 @pytest.fixture(autouse=True)
@@ -36,27 +34,11 @@ async def read_until(
     events: list[tuple[str, dict[str, Any]]], ready: asyncio.Event,
 ) -> None:  # fmt: skip
     """The site's event stream until every (alert_id, step) of ``wanted`` came as a step."""
-    async with (
-        httpx.AsyncClient(
-            base_url=api_run.url, cookies={SESSION_COOKIE: session_id}, timeout=60
-        ) as client,
-        client.stream("GET", f"/console/sites/{site}/events") as response,
-    ):
-        assert response.status_code == 200
-        name = "message"
-        async for line in response.aiter_lines():
-            if line.startswith("event:"):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("data:"):
-                data = json.loads(line.split(":", 1)[1])
-                events.append((name, data))
-                if name == "ready":
-                    ready.set()
-                seen = {(d["alert_id"], d["step"]) for n, d in events if n == "step"}
-                if wanted <= seen:
-                    return
-            elif not line:
-                name = "message"
+
+    def done() -> bool:
+        return wanted <= {(d["alert_id"], d["step"]) for n, d in events if n == "step"}
+
+    await read_events(api_run, session_id, site, events, ready, done)
 
 
 def insert_alert(conn: psycopg.Connection[Any], alert_id: str, site: str, lamp: str) -> None:
