@@ -35,12 +35,14 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from playwright.async_api import Page, async_playwright
 
 from api.console.i18n import translate
 from api.console.pages import HEARTBEAT_S
 from api.console.sessions import SESSION_COOKIE
 from api.tokens import create_token
 from devtools.processes import PipelineProcess
+from devtools.stack.chromium import CHROMIUM
 from devtools.stack.postgres import Postgres
 from devtools.stack.redis import Redis
 from devtools.stack.service import Service
@@ -65,6 +67,8 @@ OUTAGE_S = HEARTBEAT_S + 1.5
 ANSWER_WITHIN_S = 8.0
 RECOVERED_WITHIN_S = 20.0
 LOG_LIMIT = 1_000_000
+LIVE_STATUS = '[data-testid="live-status"]'
+
 UNAVAILABLE = translate("fr", "error.unavailable")
 BOARD = f"/console/sites/{SITE_A}"
 
@@ -114,6 +118,32 @@ async def console_api(settings: Settings, log_file: Path) -> AsyncIterator[ApiRu
             yield run
         finally:
             process.stop()
+
+
+@contextlib.asynccontextmanager
+async def board_in_a_browser(run: ApiRun, session_id: str) -> AsyncIterator[Page]:
+    """The staff user's board in Debian's headless Chromium, signed in with the session."""
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: run `veilleuse stack up`"
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            context = await chromium.new_context()
+            await context.add_cookies(
+                [{"name": SESSION_COOKIE, "value": session_id, "url": run.url}]
+            )
+            page = await context.new_page()
+            await page.goto(run.url + BOARD)
+            yield page
+        finally:
+            await chromium.close()
+
+
+async def live_shown(page: Page, live: str, screenshot: Path, timeout_s: float) -> None:
+    """Wait until the board's indicator says ``live`` ("on"/"off"); photograph it."""
+    await page.wait_for_selector(
+        f'{LIVE_STATUS}[data-live="{live}"]', state="attached", timeout=timeout_s * 1000
+    )
+    await page.screenshot(path=str(screenshot))
 
 
 def probe(run: ApiRun, path: str) -> tuple[int, str]:
@@ -185,10 +215,15 @@ async def test_a_store_restarted_under_an_open_board_degrades_it_then_it_recover
             listener = asyncio.create_task(
                 read_events(run, session_id, SITE_A, events, ready, news_arrived)
             )
+            shots = tmp_path / "screenshots"
+            shots.mkdir()
+            browsing = contextlib.AsyncExitStack()
             try:
                 await asyncio.wait_for(ready.wait(), 30)
                 board = await asyncio.to_thread(staff.get, BOARD)
                 assert board.status_code == 200, board.text
+                screen = await browsing.enter_async_context(board_in_a_browser(run, session_id))
+                await live_shown(screen, "on", shots / "1-live.png", 20)
 
                 await asyncio.to_thread(service.stop)
                 down_at = time.monotonic()
@@ -206,6 +241,10 @@ async def test_a_store_restarted_under_an_open_board_degrades_it_then_it_recover
                     assert live[0] == 200, live
                     assert not listener.done(), "the open event stream ended during the outage"
                     await asyncio.sleep(0.5)
+                # What the open board shows: not live while its updates are stopped (PostgreSQL,
+                # whose steps it polls); live all along through a Redis restart.
+                shown = "off" if store == "postgres" else "on"
+                await live_shown(screen, shown, shots / "2-during-the-outage.png", 5)
                 await asyncio.to_thread(start, service)
                 up_at = time.monotonic()
 
@@ -232,7 +271,9 @@ async def test_a_store_restarted_under_an_open_board_degrades_it_then_it_recover
                     with psycopg.connect(run.settings.postgres.conninfo(), autocommit=True) as conn:
                         insert_step(conn, "a-open", "escalated", {"to": "night nurse"})
                 await asyncio.wait_for(listener, 20)
+                await live_shown(screen, "on", shots / "3-back.png", RECOVERED_WITHIN_S)
             finally:
+                await browsing.aclose()
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await listener
