@@ -100,10 +100,15 @@ def redis_options(settings: Settings, timeout_s: float) -> dict[str, Any]:
 
 
 def async_redis(settings: Settings, *, timeout_s: float = 2.0) -> Any:
-    """An asyncio Redis client that fails fast: its callers degrade rather than wait."""
-    from redis.asyncio import Redis
+    """An asyncio Redis client that fails fast: its callers degrade rather than wait.
 
-    return Redis(**redis_options(settings, timeout_s))
+    No retries: redis-py's default (10 retries with a growing back-off) held a console page
+    3-5 s on a Redis that was away, past the socket timeout given here."""
+    from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return Redis(**redis_options(settings, timeout_s), retry=Retry(NoBackoff(), 0))
 
 
 def async_elasticsearch(settings: Settings, **extra: Any) -> Any:
