@@ -46,6 +46,40 @@ log = logging.getLogger(__name__)
 KAFKA_RETRY_MAX_S = 10.0
 # An offset commit waits at most this long: Kafka down, it is sent again with the next batch.
 COMMIT_TIMEOUT_S = 15.0
+# What a fetch waits for at the broker (with a linger): this many bytes, or the linger. With
+# aiokafka's default (1 byte) every record the connector writes ends a fetch at once: at
+# 100 msg/s the Elasticsearch sink sent ~90 fetches a second and each one cost CPU in the sink
+# and in Kafka (BENCHMARKS.md, "Where the CPU goes"). Below a batch's worth, so that a fast
+# stream still ends fetches by size.
+FETCH_MIN_BYTES = 256 * 1024
+# aiokafka's default fetch wait, and the longest kept: a fetch that waits is also how soon the
+# consumer sees a rebalance or a stop.
+FETCH_MAX_WAIT_MS = 500
+
+
+def fetch_options(linger_ms: int, batch_max_bytes: int) -> dict[str, int]:
+    """The consumer's fetch settings for a sink that lingers ``linger_ms``: the broker holds a
+    fetch until it has a batch's bytes or the linger has passed, so that a slow stream is read
+    in one fetch per linger instead of one per record written. No linger: aiokafka's defaults
+    (a fetch ends as soon as anything is there)."""
+    if linger_ms <= 0:
+        return {}
+    return {
+        "fetch_min_bytes": min(FETCH_MIN_BYTES, batch_max_bytes),
+        "fetch_max_wait_ms": min(linger_ms, FETCH_MAX_WAIT_MS),
+    }
+
+
+def linger_started(
+    now_monotonic: float, now_wall_s: float, oldest_ms: int, waited_s: float
+) -> float:
+    """When (monotonic) the linger of a batch started: its first record's write to Kafka (the
+    record's timestamp), at most ``waited_s`` (the fetch's wait at the broker) before now. So
+    a record that waited at the broker does not wait a whole linger again in the sink: the
+    batch is written at most ``linger_ms`` after its first record arrived, as without the
+    fetch wait. A timestamp in the future (another clock) counts as now."""
+    age = min(max(now_wall_s - oldest_ms / 1000, 0.0), waited_s)
+    return now_monotonic - age
 
 
 class SinkError(VeilleuseError):
@@ -239,6 +273,7 @@ class SinkRunner:
                 group_id=self.group_id,
                 isolation_level="read_committed",
                 max_poll_records=self.config.batch_max_records,
+                **fetch_options(self.config.linger_ms, self.config.batch_max_bytes),
             )
             consumer.subscribe(list(self.sink.topics), listener=_Seek())
             return consumer
@@ -340,15 +375,23 @@ class SinkRunner:
             fetched = await self.consumer.getmany(
                 timeout_ms=wait_ms, max_records=config.batch_max_records - len(records)
             )
+            oldest_ms: int | None = None
             for messages in fetched.values():
                 if messages:
                     first = messages[0]
                     self.metrics.lag.taken(first.topic, first.partition, first.offset)
+                    if oldest_ms is None or first.timestamp < oldest_ms:
+                        oldest_ms = first.timestamp
                 for m in messages:
                     records.append(KafkaRecord.of(m))
                     size += len(m.value or b"")
             if records and first_at is None:
-                first_at = time.monotonic()
+                waited_s = fetch_options(config.linger_ms, config.batch_max_bytes).get(
+                    "fetch_max_wait_ms", 0
+                )
+                first_at = linger_started(
+                    time.monotonic(), time.time(), oldest_ms or 0, waited_s / 1000
+                )
             if len(records) >= config.batch_max_records or size >= config.batch_max_bytes:
                 break
         offsets: dict[tuple[str, int], int] = {}
