@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from agents.api import AgentSpec
-from agents.detection import PartitionEngine
+from agents.detection import LampState, PartitionEngine
 from agents.rules import build_rules
 from agents.rules.base import Alert, Rule, RuleState
 from pipeline.records import KafkaRecord
@@ -223,11 +223,18 @@ class Trace:
         return [a for a in self.alerts if not kinds or a.kind in kinds]
 
     def rule_state(self, rule: str) -> RuleState:
-        return self.engine.lamps[self.lamp_id].rules[rule]
+        return self._lamp().rules[rule]
 
     @property
     def timers(self) -> dict[str, int]:
-        return self.engine.lamps[self.lamp_id].timers
+        return self._lamp().timers
+
+    def _lamp(self) -> LampState:
+        # After a restart the lamp's state stays encoded until it is needed (lazy restore).
+        lamp = self.engine.peek(self.lamp_id)
+        if lamp is None:
+            raise KeyError(self.lamp_id)
+        return lamp
 
 
 def seconds(start_s: float, end_s: float, step_s: float) -> list[float]:

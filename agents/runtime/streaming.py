@@ -57,6 +57,7 @@ from agents.runtime.faust_internals import (
     fetch_position,
     group_membership,
     mirror_committed,
+    preload_changelog,
     stored_values,
     written_span,
 )
@@ -76,6 +77,11 @@ COMMIT_RETRY_FIRST_S = 0.5
 # mid-transaction holds read_committed readers of its partitions back for at most as long.
 TRANSACTION_TIMEOUT_MS = 60_000
 COMMIT_RETRY_MAX_S = 4.0
+# On SIGTERM, how long the batch in flight may take to commit before the worker leaves the
+# group anyway (a rolling restart waits for the exit; a typical commit takes 5-50 ms).
+DRAIN_TIMEOUT_S = 5.0
+# At most this long reading the changelogs before joining the group (BatchProcessor._preload).
+PRELOAD_TIMEOUT_S = 120.0
 
 
 class StreamingError(VeilleuseError):
@@ -131,6 +137,20 @@ class BatchAgent(Protocol):
 class StreamingApp(BatchRoutingApp):
     """A faust app whose consumer reads committed data and routes batch topics to their
     :class:`BatchProcessor` (the faust side of it: :mod:`agents.runtime.faust_internals`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batch_processors: list[BatchProcessor] = []
+
+    async def on_stop(self) -> None:
+        """On SIGTERM: each batch processor finishes the batch in flight and starts no other
+        before faust stops the consumer (which leaves the group). faust stops the consumer
+        first, so the batch in flight was refused (its membership gone) and aborted: the next
+        owner then read an aborted transaction in the changelog, which makes its store forget
+        the partition (docs/runtime.md, "Failover")."""
+        for processor in self.batch_processors:
+            await processor.drain()
+        await super().on_stop()
 
 
 def faust_broker_options(settings: Settings) -> dict[str, Any]:
@@ -257,6 +277,7 @@ class BatchProcessor(Service):
         self.ingest_clock: dict[TP, int] = {}
         self.producer: Any = None
         self.batches = 0
+        self.draining = False  # stopping: no batch after the one in flight (drain)
         self.health = Health(
             "worker",
             stall_after_s=settings.health.stall_after_s,
@@ -276,6 +297,7 @@ class BatchProcessor(Service):
             app.topics.add(
                 app.topic(topic, acks=False, key_serializer="raw", value_serializer="raw")
             )
+        app.batch_processors.append(self)
         app.on_partitions_revoked.connect(self._on_revoked)
         # faust calls these once every table recovered; the first call hands out the partitions.
         for lane in lanes:
@@ -380,7 +402,39 @@ class BatchProcessor(Service):
 
     async def on_start(self) -> None:
         await self._start_producer()
+        await self._preload()
         self.health.start()
+
+    async def _preload(self) -> None:
+        """Before the consumer joins the group (faust starts it after this service): read the
+        tables' changelogs, so that the partitions this worker is handed on joining are warm
+        (:func:`~agents.runtime.faust_internals.preload_changelog`). Only with standby replicas,
+        where each worker holds a copy of most partitions anyway; best effort: what it could
+        not read, the recovery after the join reads."""
+        if self.settings.detection.standby_replicas < 1:
+            return
+        from pipeline.clients import consumer as new_consumer
+
+        began = time.monotonic()
+        reader = new_consumer(self.settings, group_id=None, isolation_level="read_committed")
+        read: dict[str, int] = {}
+        try:
+            await reader.start()
+            for lane in self.lanes:
+                read[lane.table.name] = await preload_changelog(
+                    lane.table, reader, PRELOAD_TIMEOUT_S
+                )
+        except Exception:  # the recovery after the join reads what is missing
+            log.warning("changelog preload failed", exc_info=True)
+        finally:
+            with contextlib.suppress(Exception):
+                await reader.stop()
+        log.info(
+            "changelogs read before joining the group: %s in %.2f s",
+            read,
+            time.monotonic() - began,
+            extra={"component": self.component, "preloaded": sum(read.values())},
+        )
 
     async def _start_producer(self) -> None:
         """(Re)start the transactional producer: starting registers the transactional id,
@@ -408,6 +462,19 @@ class BatchProcessor(Service):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(old.stop(), 10)
 
+    async def drain(self) -> None:
+        """Let the batch in flight commit (for at most ``DRAIN_TIMEOUT_S``: a commit retrying
+        through a Kafka outage is left to be aborted), then process no more: the worker is
+        stopping."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self.lock.acquire(), DRAIN_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("the batch in flight did not commit in %.0f s", DRAIN_TIMEOUT_S)
+            return
+        self.lock.release()
+        log.info("batches stopped for shutdown", extra={"component": self.component})
+
     async def on_stop(self) -> None:
         if self.producer is not None:
             await self.producer.stop()
@@ -420,6 +487,8 @@ class BatchProcessor(Service):
             if self.buffered and self.buffered < self.max_batch and self.linger_s:
                 await asyncio.sleep(self.linger_s)
             async with self.lock:
+                if self.draining:
+                    return
                 try:
                     await self._cycle()
                 except Exception as exc:

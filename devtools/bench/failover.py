@@ -69,6 +69,7 @@ from typing import Any
 import orjson
 
 from devtools.bench.detection_ab import Code, extract, imported_from, worker_module
+from devtools.bench.detection_ab import stop as stop_process
 from devtools.bench.detection_throughput import (
     BatchSender,
     changelog_stats,
@@ -628,13 +629,8 @@ async def count_restored(settings: Settings, recoveries: Sequence[Recovery]) -> 
 
 
 def stop(proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """detection_ab's stop (SIGTERM, then SIGKILL after ``timeout_s``), forgetting the child."""
+    stop_process(proc, timeout_s)
     if proc in CHILDREN:
         CHILDREN.remove(proc)
 

@@ -1,5 +1,6 @@
-"""Failover with a fleet's state: a worker SIGKILLed just before silent falls' deadlines, and a
-rebalance that must not make a worker re-read what it keeps.
+"""Failover with a fleet's state: a worker SIGKILLed just before silent falls' deadlines, a
+rolling restart (SIGTERM one by one) through falls' deadlines, and a rebalance that must not
+make a worker re-read what it keeps.
 
 Scaled down from the 100,000-lamp bench (``devtools/bench/failover.py``): a few thousand lamps'
 state, each lamp written to the changelog several times (what a fleet's changelog holds between
@@ -17,9 +18,9 @@ import re
 import time
 from collections import Counter
 
-import orjson
 from aiokafka.partitioner import DefaultPartitioner
 
+from devtools.changelog_fill import fill_fleet_state
 from tests.integration.agents.conftest import AlertTail, DetectionRun, LampSender, WorkerProcess
 
 SITE = "it-home-failover"
@@ -34,6 +35,7 @@ SESSION_TIMEOUT_S = 6  # the broker's smallest (group.min.session.timeout.ms)
 LATE_BOUND_MS = 2_000 + SESSION_TIMEOUT_S * 1000
 log = logging.getLogger(__name__)
 RESTORED = re.compile(r"changelog records restored: (\{.*\}) \(")
+PRELOADED = re.compile(r"changelogs read before joining the group: \{'lamp_state': (\d+)")
 
 
 def failover_env() -> dict[str, str]:
@@ -44,14 +46,16 @@ def failover_env() -> dict[str, str]:
     }
 
 
-def lamps_over_every_partition(partitions: int, per_partition: int) -> list[str]:
+def lamps_over_every_partition(
+    partitions: int, per_partition: int, name: str = "L-silent"
+) -> list[str]:
     """Lamp ids whose messages land on every partition (Kafka's default partitioner, the
     connector's: the lamp id is the key), ``per_partition`` each."""
     partitioner = DefaultPartitioner()
     chosen: dict[int, list[str]] = {p: [] for p in range(partitions)}
     index = 0
     while any(len(lamps) < per_partition for lamps in chosen.values()):
-        lamp = f"L-silent-{index}"
+        lamp = f"{name}-{index}"
         index += 1
         partition = partitioner(lamp.encode(), list(range(partitions)), list(range(partitions)))
         if len(chosen[partition]) < per_partition:
@@ -61,31 +65,11 @@ def lamps_over_every_partition(partitions: int, per_partition: int) -> list[str]
 
 async def send_fleet_state(lamps: LampSender, count: int, rounds: int) -> None:
     """``count`` lamps heard ``rounds`` times, each round in its own batches of the workers."""
-    producer, topic = lamps.producer, lamps.topic
-    for round_ in range(rounds):
-        now = int(time.time() * 1000)
-        sent = []
-        for i in range(count):
-            lamp = f"L-fleet-{i}"
-            payload = {
-                "v": 1,
-                "lamp_id": lamp,
-                "seq": round_,
-                "ts": now,
-                "type": "posture",
-                "posture": "sitting" if round_ % 2 else "standing",
-                "zone": "room",
-                "confidence": 0.9,
-                "persons": 1,
-            }
-            headers = [("mqtt.topic", f"lamps/{SITE}/{lamp}/events".encode())]
-            sent.append(
-                await producer.send(
-                    topic, orjson.dumps(payload), key=lamp.encode(), headers=headers
-                )
-            )
-        await asyncio.gather(*sent)
-        await asyncio.sleep(0.4)  # the workers commit this round before the next
+    # 0.4 s between rounds: the workers commit a round before the next.
+    await fill_fleet_state(
+        lamps.producer, lamps.topic, site=SITE, lamps=count, rounds=rounds, pause_s=0.4,
+        lamp_prefix="L-fleet-",
+    )  # fmt: skip
 
 
 def restored_per_recovery(worker: WorkerProcess) -> list[dict[int, int]]:
@@ -133,13 +117,7 @@ async def test_falls_due_just_after_a_sigkill_are_raised_once_within_the_bound(
 
     async with AlertTail(run.settings) as tail, LampSender(run.settings) as lamps:
         await send_fleet_state(lamps, LAMPS, ROUNDS)
-        sends: dict[str, int] = {}
-        for lamp in silent:
-            await lamps.send(
-                SITE, lamp, "posture", posture="standing", zone="room", confidence=0.9, persons=1
-            )
-            await lamps.send(SITE, lamp, "fall_suspected", confidence=0.9, zone="floor")
-            sends[lamp] = int(time.time() * 1000)
+        sends = await send_silent_falls(lamps, silent)
         # The silent lamps send nothing more. Deadlines: CONFIRM_S after their fall.
         first_deadline = min(sends.values()) + CONFIRM_S * 1000
         kill_at = first_deadline - 2_000
@@ -177,6 +155,79 @@ async def test_falls_due_just_after_a_sigkill_are_raised_once_within_the_bound(
     assert worst <= LATE_BOUND_MS, summary + "\n" + w2.log_tail()
 
 
+async def send_silent_falls(lamps: LampSender, silent: list[str]) -> dict[str, int]:
+    """A fall suspected on each of ``silent`` (standing just before), then nothing more: when
+    each was sent (its deadline is ``CONFIRM_S`` later)."""
+    sends: dict[str, int] = {}
+    for lamp in silent:
+        await lamps.send(
+            SITE, lamp, "posture", posture="standing", zone="room", confidence=0.9, persons=1
+        )
+        await lamps.send(SITE, lamp, "fall_suspected", confidence=0.9, zone="floor")
+        sends[lamp] = int(time.time() * 1000)
+    return sends
+
+
+async def test_a_rolling_restart_raises_every_fall_once_and_on_time(
+    detection_run: DetectionRun,
+) -> None:
+    """Two workers with a standby each hold 2,000 lamps' state; each in turn gets SIGTERM 4 s
+    before the deadlines of silent falls on every partition and is started again under its
+    instance id (a rollout). A SIGTERMed worker leaves the group at once, so no session
+    timeout is allowed for: every fall raised exactly once, none before its confirmation,
+    none later than its deadline + 2 s (rule 6), the worker that stays up included."""
+    run = detection_run
+    env = failover_env()
+    workers = [run.worker("w1", **env), run.worker("w2", **env)]
+    await asyncio.to_thread(run.wait_for_assignment, workers)
+    partitions = run.settings.kafka.topic_partitions
+    sends: dict[str, int] = {}
+    timeline: list[str] = []
+
+    async with AlertTail(run.settings) as tail, LampSender(run.settings) as lamps:
+        await send_fleet_state(lamps, LAMPS, 3)
+        for turn in range(len(workers)):
+            wave = await send_silent_falls(
+                lamps, lamps_over_every_partition(partitions, 1, f"L-wave{turn}")
+            )
+            sends |= wave
+            stop_at = min(wave.values()) + CONFIRM_S * 1000 - 4_000
+            await asyncio.sleep(max(0.0, (stop_at - time.time() * 1000) / 1000))
+            old = workers[turn]
+            began = time.monotonic()
+            await asyncio.to_thread(old.stop)
+            timeline.append(
+                f"{old.instance_id} exited {time.monotonic() - began:.1f} s after SIGTERM"
+            )
+            workers[turn] = run.worker(old.instance_id, **env)
+            await asyncio.to_thread(run.wait_for_assignment, workers)
+            timeline.append(f"{old.instance_id} back {time.monotonic() - began:.1f} s after it")
+        await tail.wait_for(
+            len(sends), lambda a: a["kind"] == "fall" and a["state"] == "raised", timeout_s=30
+        )
+        await asyncio.sleep(2)  # room for a duplicate to show up
+        alerts = list(tail.alerts)
+
+    falls = [(a, arrived) for a, arrived in alerts if a["kind"] == "fall"]
+    raised = Counter(a["lamp_id"] for a, _ in falls if a["state"] == "raised")
+    tails = "\n".join(f"--- {w.instance_id}\n{w.log_tail()}" for w in workers)
+    assert set(raised) == set(sends), f"missing: {sorted(set(sends) - set(raised))}\n{tails}"
+    assert max(raised.values()) == 1, [lamp for lamp, n in raised.items() if n > 1]
+    lateness = {
+        a["lamp_id"]: arrived - (sends[a["lamp_id"]] + CONFIRM_S * 1000)
+        for a, arrived in falls
+        if a["state"] == "raised"
+    }
+    # Each restarted worker read the changelogs before it joined (its partitions came warm).
+    for worker in workers:
+        preloaded = [int(n) for n in PRELOADED.findall(worker.output())]
+        assert preloaded and preloaded[0] > 0, worker.log_tail()
+    summary = f"{'; '.join(timeline)}; lateness (ms) {sorted(lateness.values())}"
+    log.info("rolling restart: %s", summary)
+    assert min(lateness.values()) >= -1_000, summary
+    assert max(lateness.values()) <= 2_000, summary + "\n" + tails
+
+
 async def test_a_worker_joining_does_not_make_the_first_re_read_what_it_keeps(
     detection_run: DetectionRun,
 ) -> None:
@@ -200,9 +251,13 @@ async def test_a_worker_joining_does_not_make_the_first_re_read_what_it_keeps(
     assert all(counts.get(p, 0) == 0 for counts in after_join for p in kept), (
         f"w1 re-read changelog records of partitions it kept {sorted(kept)}: {after_join}"
     )
-    # w2 read its partitions from the start (it had nothing): the counting is real.
+    # w2 read its partitions from the start (it had nothing), before joining the group
+    # (streaming.BatchProcessor._preload) and in its recovery: the counting is real.
     w2_counts = restored_per_recovery(w2)
-    assert sum(n for counts in w2_counts for n in counts.values()) > 0, w2.log_tail()
+    preloaded = [int(n) for n in PRELOADED.findall(w2.output())]
+    assert sum(n for counts in w2_counts for n in counts.values()) + sum(preloaded) > 0, (
+        w2.log_tail()
+    )
 
     # w2 leaves: w1 held standbys of w2's partitions, kept up to date in memory.
     w2.stop()

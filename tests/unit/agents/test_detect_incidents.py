@@ -116,7 +116,8 @@ def test_revoking_a_partition_forgets_its_lamps() -> None:
 
 def test_assign_sorts_the_stored_states_by_partition_and_restores_deadlines() -> None:
     """One pass over every stored state: each partition gets its lamps, and the lamps with
-    deadlines are scheduled at once (a silent lamp's fall must still fire)."""
+    deadlines are scheduled at once (a silent lamp's fall must still fire), without decoding
+    them until their deadline fires (lazy restore)."""
     wall = [T0_MS]
     first = agent(wall)
     first.process(2, [record(0, message(0, "fall_suspected", confidence=0.9, zone="floor"))])
@@ -125,7 +126,8 @@ def test_assign_sorts_the_stored_states_by_partition_and_restores_deadlines() ->
     other.assign([1, 2], [*stored, b"garbage"])
     assert set(other.engines) == {1, 2}
     assert other.engines[1].lamps == {}
-    assert "L-1" in other.engines[2].lamps  # loaded: it has a deadline
+    assert "L-1" not in other.engines[2].lamps  # still encoded ...
+    assert "L-1" in other.engines[2].scheduled  # ... but its deadline is scheduled
     assert other.counts["state_unreadable"] == 1
     wall[0] = T0_MS + 30_100
     other.advance(2, wall[0])

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from agents.detection import PartitionEngine
+from agents.detection import PartitionEngine, stored_head
 from agents.rules import build_rules
 from agents.rules.base import Incident
 from agents.testing import Trace, at
@@ -142,9 +142,10 @@ def stored_lamp(lamp_id: str, partition: int, with_timers: bool) -> bytes:
     return t.engine.encode_state(lamp_id)
 
 
-def test_restore_loads_only_this_partitions_lamps_with_timers() -> None:
-    """After recovery only lamps of this partition with deadlines are loaded (and scheduled);
-    others, and unreadable records, are skipped."""
+def test_restore_schedules_only_this_partitions_lamps_with_timers_without_decoding() -> None:
+    """After recovery only lamps of this partition with deadlines are scheduled, still encoded
+    (lazy restore: decoded when heard from or when their deadline fires); others, and
+    unreadable records, are skipped."""
     stored = [
         stored_lamp("L-A", 0, with_timers=True),
         stored_lamp("L-B", 0, with_timers=False),
@@ -153,9 +154,61 @@ def test_restore_loads_only_this_partitions_lamps_with_timers() -> None:
     ]
     e = engine(partition=0)
     assert e.restore(stored) == 1
-    assert set(e.lamps) == {"L-A"}
-    assert e.next_due() == min(e.lamps["L-A"].timers.values())
+    assert e.lamps == {}
+    assert set(e.pending) == {"L-A"}
+    eager = engine(partition=0).decode_state(stored[0])
+    assert eager is not None
+    assert e.next_due() == eager.clock.wall_at(min(eager.timers.values()))
     assert e.counts["state_unreadable"] == 1
+    assert e.peek("L-A") == eager  # decoded on first use, equal to an eager decode
+    assert e.pending == {}
+
+
+def skewed_lamps(count: int) -> list[bytes]:
+    """Stored states of ``count`` lamps with clock offsets and deadlines of every kind (a
+    fall's confirmation, a help request's escalation, silence), each at its own time."""
+    states = []
+    for i in range(count):
+        t = Trace(lamp_id=f"L-{i:03d}", skew_s=(i % 7) * 20 - 60)
+        t.feed(t.motion(i), *t.postures(i + 1, i + 6, "standing"))
+        if i % 3 == 0:
+            t.feed(t.fall(i + 7))
+        elif i % 3 == 1:
+            t.feed(t.button(i + 7))
+        states.append(t.engine.encode_state(t.lamp_id))
+    return states
+
+
+def eager_restore(e: PartitionEngine, stored: list[bytes]) -> None:
+    """What restore did before it was lazy: decode every lamp with deadlines, schedule it."""
+    for data in stored:
+        state = e.decode_state(data)
+        if state is not None and state.partition == e.partition and state.timers:
+            e.lamps[state.lamp_id] = state
+            e._schedule(state)
+
+
+def test_lazy_restore_fires_the_same_alerts_as_an_eager_one_for_lamps_never_touched() -> None:
+    """Lamps restored and never heard from again: every deadline fires at the same wall time
+    with the same alerts and leaves the same state as when every lamp was decoded at once."""
+    stored = skewed_lamps(30)
+    lazy, eager = engine(), engine()
+    assert lazy.restore(stored) == 30
+    eager_restore(eager, stored)
+    assert lazy.lamps == {} and len(eager.lamps) == 30
+    assert lazy.next_due() == eager.next_due()
+    fired = 0
+    for wall in range(at(0), at(3 * 3600), 5_000):
+        lazy.advance(wall)
+        eager.advance(wall)
+        a, b = lazy.take_outputs(), eager.take_outputs()
+        assert a.alerts == b.alerts
+        assert a.changed == b.changed
+        fired += len(a.alerts)
+    assert fired >= 30  # a fall, an escalation or a lamp offline for each of them
+    assert set(lazy.lamps) == set(eager.lamps)
+    assert all(lazy.lamps[k] == eager.lamps[k] for k in eager.lamps)
+    assert lazy.pending == {}
 
 
 def test_restored_lamp_fires_its_deadline() -> None:
@@ -180,3 +233,18 @@ def test_lamp_not_restored_is_loaded_on_its_next_message() -> None:
     t.feed(t.button(10, "cancel"))
     assert [a.state for a in t.of("help_requested")] == ["raised", "resolved"]
     assert t.alerts[-1].alert_id == raised.alert_id
+
+
+def test_the_stored_head_is_the_state_without_its_rules_whatever_the_strings_hold() -> None:
+    """stored_head reads a state's JSON head up to its rules, even when a string of the state
+    holds the very bytes it looks for."""
+    t = busy_lamp()
+    lamp = t.engine.lamps[LAMP]
+    lamp.site_id = 'home,"rules":{"x":1}'
+    data = t.engine.encode_state(LAMP)
+    full = header(data)
+    head = stored_head(data)
+    assert head == {k: v for k, v in full.items() if k != "rules"}
+    assert head is not None and head["site_id"] == lamp.site_id
+    assert stored_head(b"garbage") is None
+    assert stored_head(b"[1, 2]\x00") is None

@@ -517,3 +517,25 @@ def test_a_fetch_of_a_changelog_is_applied_at_once_and_ends_the_recovery(app: An
     # A partition that is neither active nor standby (any more) is left alone.
     recovery.apply_fetched(TP("contract-test-state-changelog", 1), [Record(0, b"c", b"3")])
     assert b"c" not in store_of(app).data
+
+
+def test_a_recovery_does_not_end_on_the_end_of_the_one_before(app: Any) -> None:
+    """The previous recovery's end (the event set by the bulk path) is cleared when the next
+    starts: otherwise faust's wait for it returns at once, behind on the changelog."""
+    recovery = app.tables.recovery
+    table = app.tables["state"]
+    tp = TP("contract-test-state-changelog", 0)
+    recovery.active_tps.add(tp)
+    recovery.tp_to_table[tp] = table
+    recovery.active_offsets[tp] = -1
+    recovery.active_highwaters[tp] = 1
+    recovery._set_recovery_started()
+    recovery.apply_fetched(tp, [Record(0, b"a", b"1")])
+    assert recovery.signal_recovery_end.is_set()
+    # The next recovery: two more records to read.
+    recovery.active_highwaters[tp] = 3
+    recovery._set_recovery_started()
+    assert not recovery.signal_recovery_end.is_set()
+    assert recovery.need_recovery()
+    recovery.apply_fetched(tp, [Record(2, b"a", b"2")])
+    assert recovery.signal_recovery_end.is_set()
