@@ -163,6 +163,15 @@ class LampSender:
             )
         return payload
 
+    async def standing(
+        self, site: str, lamp: str, *, persons: int = 1, **kw: Any
+    ) -> dict[str, Any]:
+        """The resident standing in the room (``persons`` seen)."""
+        return await self.send(
+            site, lamp, "posture", posture="standing", zone="room", confidence=0.9,
+            persons=persons, **kw,
+        )  # fmt: skip
+
 
 class AlertTail:
     """Follows ``alerts.v1`` as a consumer would (read_committed), noting when each arrived."""

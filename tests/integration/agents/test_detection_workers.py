@@ -32,19 +32,8 @@ async def test_every_alert_once_across_a_sigkill(detection_run: DetectionRun) ->
 
     async with AlertTail(run.settings) as tail, LampSender(run.settings) as lamps:
         for lamp in falls + recovered + weak + quiet + helpers:
-            await lamps.send(
-                SITE,
-                lamp,
-                "posture",
-                posture="standing",
-                zone="room",
-                confidence=0.9,
-                persons=1,
-                copies=2,
-            )
-        await lamps.send(
-            SITE, staff[0], "posture", posture="standing", zone="room", confidence=0.9, persons=2
-        )
+            await lamps.standing(SITE, lamp, copies=2)
+        await lamps.standing(SITE, staff[0], persons=2)
         for lamp in falls:
             await lamps.send(SITE, lamp, "fall_suspected", confidence=0.8, zone="floor", copies=2)
             await lamps.send(
@@ -70,9 +59,7 @@ async def test_every_alert_once_across_a_sigkill(detection_run: DetectionRun) ->
             )
         await asyncio.sleep(3)
         for lamp in recovered:
-            await lamps.send(
-                SITE, lamp, "posture", posture="standing", zone="room", confidence=0.9, persons=1
-            )
+            await lamps.standing(SITE, lamp)
         await lamps.send(SITE, helpers[0], "button", accessory_id="pendant", action="cancel")
 
         w1.kill()  # every fall above is mid-incident: its 30 s are not over
@@ -80,16 +67,7 @@ async def test_every_alert_once_across_a_sigkill(detection_run: DetectionRun) ->
 
         deadlines: dict[str, int] = {}
         for lamp, skew in silent.items():
-            await lamps.send(
-                SITE,
-                lamp,
-                "posture",
-                posture="standing",
-                zone="room",
-                confidence=0.9,
-                persons=1,
-                skew_s=skew,
-            )
+            await lamps.standing(SITE, lamp, skew_s=skew)
             await lamps.send(
                 SITE, lamp, "fall_suspected", confidence=0.9, zone="floor", skew_s=skew
             )
@@ -103,9 +81,7 @@ async def test_every_alert_once_across_a_sigkill(detection_run: DetectionRun) ->
         )
         assert len(raised) == len(falls) + len(silent), w2.log_tail()
         for lamp in falls:
-            await lamps.send(
-                SITE, lamp, "posture", posture="standing", zone="room", confidence=0.9, persons=1
-            )
+            await lamps.standing(SITE, lamp)
         await tail.wait_for(
             len(falls), lambda a: a["kind"] == "fall" and a["state"] == "resolved", timeout_s=30
         )

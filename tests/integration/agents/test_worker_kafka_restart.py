@@ -149,15 +149,7 @@ async def test_a_kafka_crash_under_committing_workers_raises_every_fall_once(
             await asyncio.sleep(2)
             deadlines: dict[str, float] = {}
             for lamp in fallen:
-                await lamps.send(
-                    SITE,
-                    lamp,
-                    "posture",
-                    posture="standing",
-                    zone="room",
-                    confidence=0.9,
-                    persons=1,
-                )
+                await lamps.standing(SITE, lamp)
                 await lamps.send(SITE, lamp, "fall_suspected", confidence=0.9, zone="floor")
                 sent = await lamps.send(
                     SITE,

@@ -293,6 +293,22 @@ async def test_an_acknowledgement_through_a_staff_session_reaches_alerts_acks(
     staff.close()
 
 
+def help_requested(alert_id: str, site: str, lamp: str, now_ms: int) -> dict[str, Any]:
+    """An ``alerts.v1`` record: a help request raised now (its press 1 s ago)."""
+    return {
+        "alert_id": alert_id,
+        "kind": "help_requested",
+        "kind_name": "help_requested",
+        "severity": "critical",
+        "state": "raised",
+        "site_id": site,
+        "lamp_id": lamp,
+        "incident_started_at": now_ms - 1000,
+        "emitted_at": now_ms,
+        "details": {"zone": "room"},
+    }
+
+
 async def read_events(
     api_run: ApiRun, session_id: str, site: str, events: list[Any], ready: asyncio.Event,
     done: Callable[[], bool],
@@ -352,18 +368,7 @@ async def test_the_event_stream_carries_the_sites_alerts_only(api_run: ApiRun) -
     try:
         for alert_id, site, lamp in ((ids[0], SITE_A, "L-A1"), (ids[1], SITE_B, "L-B1"),
                                      (ids[2], SITE_A, "L-A2")):  # fmt: skip
-            record = {
-                "alert_id": alert_id,
-                "kind": "help_requested",
-                "kind_name": "help_requested",
-                "severity": "critical",
-                "state": "raised",
-                "site_id": site,
-                "lamp_id": lamp,
-                "incident_started_at": now_ms - 1000,
-                "emitted_at": now_ms,
-                "details": {"zone": "room"},
-            }
+            record = help_requested(alert_id, site, lamp, now_ms)
             topic = topic_name(api_run.settings, ALERTS)
             await producer.send_and_wait(topic, encode(writer, record), key=b"L", partition=0)
     finally:

@@ -52,7 +52,7 @@ from pipeline.settings import Settings
 from pipeline.topics import ALERTS, ensure_topics, topic_name
 from schemas import encode, schema
 from tests.integration.api.conftest import SITE_A, ApiRun, seed, wait_until_ready
-from tests.integration.api.console.test_console import read_events, signed_in
+from tests.integration.api.console.test_console import help_requested, read_events, signed_in
 from tests.integration.api.console.test_live_board import insert_step
 from tests.integration.databases import scratch_database
 from tests.integration.private_services import listening_port, private_service, start
@@ -164,18 +164,7 @@ def store_ok(run: ApiRun, store: str) -> bool:
 
 async def raise_alert(run: ApiRun, alert_id: str) -> None:
     now_ms = int(datetime.now(UTC).timestamp() * 1000)
-    record = {
-        "alert_id": alert_id,
-        "kind": "help_requested",
-        "kind_name": "help_requested",
-        "severity": "critical",
-        "state": "raised",
-        "site_id": SITE_A,
-        "lamp_id": "L-A2",
-        "incident_started_at": now_ms - 1000,
-        "emitted_at": now_ms,
-        "details": {"zone": "room"},
-    }
+    record = help_requested(alert_id, SITE_A, "L-A2", now_ms)
     producer = clients.producer(run.settings)
     await producer.start()
     try:

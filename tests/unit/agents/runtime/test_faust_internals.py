@@ -499,15 +499,22 @@ def test_written_span_is_none_unless_the_deliveries_are_contiguous() -> None:
     assert written_span([]) is None
 
 
-def test_a_fetch_of_a_changelog_is_applied_at_once_and_ends_the_recovery(app: Any) -> None:
+def recovering(app: Any, highwater: int) -> tuple[Any, TP]:
+    """The state table's changelog partition 0, active and nothing applied, its recovery
+    started; (the recovery, that partition)."""
     recovery = app.tables.recovery
-    table = app.tables["state"]
     tp = TP("contract-test-state-changelog", 0)
     recovery.active_tps.add(tp)
-    recovery.tp_to_table[tp] = table
+    recovery.tp_to_table[tp] = app.tables["state"]
     recovery.active_offsets[tp] = -1
-    recovery.active_highwaters[tp] = 3  # faust's highwater: the end offset - 1 (a marker at 3)
+    recovery.active_highwaters[tp] = highwater
     recovery._set_recovery_started()
+    return recovery, tp
+
+
+def test_a_fetch_of_a_changelog_is_applied_at_once_and_ends_the_recovery(app: Any) -> None:
+    # faust's highwater: the end offset - 1 (a marker at 3)
+    recovery, tp = recovering(app, highwater=3)
     recovery.apply_fetched(tp, [Record(0, b"a", b"1"), Record(1, b"b", b"2")])
     assert recovery.in_recovery, "offset 2, the record before the marker, not applied yet"
     assert recovery.active_offsets[tp] == 1 and store_of(app).applied[0] == 1
@@ -522,14 +529,7 @@ def test_a_fetch_of_a_changelog_is_applied_at_once_and_ends_the_recovery(app: An
 def test_a_recovery_does_not_end_on_the_end_of_the_one_before(app: Any) -> None:
     """The previous recovery's end (the event set by the bulk path) is cleared when the next
     starts: otherwise faust's wait for it returns at once, behind on the changelog."""
-    recovery = app.tables.recovery
-    table = app.tables["state"]
-    tp = TP("contract-test-state-changelog", 0)
-    recovery.active_tps.add(tp)
-    recovery.tp_to_table[tp] = table
-    recovery.active_offsets[tp] = -1
-    recovery.active_highwaters[tp] = 1
-    recovery._set_recovery_started()
+    recovery, tp = recovering(app, highwater=1)
     recovery.apply_fetched(tp, [Record(0, b"a", b"1")])
     assert recovery.signal_recovery_end.is_set()
     # The next recovery: two more records to read.

@@ -4,6 +4,7 @@ CommitFencedError). Against the real broker: tests/integration/agents/test_fenci
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from io import BytesIO
 from types import SimpleNamespace
@@ -81,9 +82,9 @@ def test_the_membership_is_read_from_the_group_coordinator() -> None:
     assert consumer_membership(SimpleNamespace(_coordinator=None)) is None
 
 
-@pytest.fixture
-async def producer() -> AsyncIterator[Any]:
-    """A fencing producer never started, its transaction begun with offsets pending."""
+@contextlib.asynccontextmanager
+async def begun_producer() -> AsyncIterator[Any]:
+    """A fencing producer never started, its transaction begun."""
     built = FencingProducer(bootstrap_servers="localhost:1", transactional_id="detection-w1")
     txn = built._txn_manager
     txn.set_pid_and_epoch(42, 3)
@@ -93,6 +94,13 @@ async def producer() -> AsyncIterator[Any]:
     if ended.done():  # failed with the offsets; the batch path drops such a producer
         ended.exception()
     await built.stop()
+
+
+@pytest.fixture
+async def producer() -> AsyncIterator[Any]:
+    """A fencing producer never started, its transaction begun with offsets pending."""
+    async with begun_producer() as built:
+        yield built
 
 
 def pending_offsets(producer: Any) -> Any:

@@ -29,12 +29,16 @@ from agents.runtime.faust_internals import (
     FENCING_ERRORS,
     CommitFencedError,
     FencedTxnOffsetCommitHandler,
-    FencingProducer,
     GroupMembership,
 )
 from agents.runtime.worker import build_app
 from pipeline.settings import load_settings
-from tests.unit.agents.runtime.test_fencing import MEMBER, pending_offsets, response
+from tests.unit.agents.runtime.test_fencing import (
+    MEMBER,
+    begun_producer,
+    pending_offsets,
+    response,
+)
 
 GROUP_COORDINATOR = CoordinationType.GROUP
 # Retried by aiokafka's v0 handling, which the fenced handler hands every non-fencing answer to.
@@ -51,16 +55,9 @@ COORDINATOR_FORGOTTEN = {7, 15, 16}  # looked up again before the next attempt
 @pytest.fixture
 async def producer() -> AsyncIterator[Any]:
     """A fencing producer never started, its transaction begun, the group coordinator known."""
-    built = FencingProducer(bootstrap_servers="localhost:1", transactional_id="detection-w1")
-    txn = built._txn_manager
-    txn.set_pid_and_epoch(42, 3)
-    txn.begin_transaction()
-    built._sender._coordinators[GROUP_COORDINATOR] = 1
-    yield built
-    ended = txn.wait_for_transaction_end()
-    if ended.done():
-        ended.exception()
-    await built.stop()
+    async with begun_producer() as built:
+        built._sender._coordinators[GROUP_COORDINATOR] = 1
+        yield built
 
 
 def test_no_retriable_code_is_a_fencing_one() -> None:
