@@ -26,6 +26,13 @@ class ServiceUnavailableError(VeilleuseError):
     """A service the request needs does not answer (HTTP 503)."""
 
 
+# psycopg_pool retries a lost connection with a back-off that doubles without a cap (1, 3, 7,
+# 15, 31, 63 ... s): after a 60 s outage its next attempt came up to a minute after PostgreSQL
+# was back, the API answering 503 meanwhile. An attempt given up after this long is replaced by
+# a fresh one (starting at once) on the next request that needs a connection.
+RECONNECT_GIVE_UP_S = 5.0
+
+
 class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -35,6 +42,7 @@ class Services:
             max_size=settings.api.postgres_pool_size,
             open=False,
             timeout=settings.api.request_timeout_s,
+            reconnect_timeout=RECONNECT_GIVE_UP_S,
             kwargs={
                 "options": f"-c statement_timeout={round(settings.api.request_timeout_s * 1000)}"
             },
