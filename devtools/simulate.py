@@ -176,25 +176,37 @@ async def simulate_sockets(
         start_margin_s,
     )
     from devtools.stack.context import StackContext
-    from devtools.stack.mosquitto import Mosquitto
+    from devtools.stack.mosquitto import stack_brokers
 
-    broker = Mosquitto(StackContext(settings))
-    pid = broker.pid()
-    if pid is not None:  # our own broker: it holds one descriptor per connection
+    brokers = stack_brokers(StackContext(settings))
+    broker = brokers[0]
+    share = -(-config.lamps // len(brokers))  # lamp i goes to broker i % n, as a balancer would
+    for each in brokers:
+        pid = each.pid()
+        if pid is None:
+            continue  # not the stack's own: its limits are not ours to read
         limit = nofile_limit(pid)
-        if config.lamps > limit - BROKER_RESERVED_FDS:
+        if share > limit - BROKER_RESERVED_FDS:  # one descriptor per connection
             raise SimulationError(
-                f"{config.lamps:,} lamps need as many connections, and the stack's Mosquitto "
-                f"may open {limit:,} files (RLIMIT_NOFILE): raise the hard limit of the shell "
-                "that runs `veilleuse stack up`, or measure with `python -m "
-                "devtools.bench.mqtt_fleet` (several brokers); see docs/simulator.md"
+                f"{config.lamps:,} lamps over {len(brokers)} broker(s) are {share:,} "
+                f"connections on {each.name}, which may open {limit:,} files (RLIMIT_NOFILE): "
+                "list more brokers in VEILLEUSE_MQTT__BROKERS (the stack runs one Mosquitto per "
+                "entry) or raise the hard limit of the shell that runs `veilleuse stack up`; "
+                "see docs/simulator.md"
             )
-    target = settings.mqtt.brokers[0]
     creds = broker.credentials().provision(config.lamp_ids())
     broker.reload()
     addresses = default_sources(sources)
+    targets = [each.broker for each in brokers]
     specs = [
-        LampSpec(c.site_id, c.lamp_id, c.password, target.host, target.port, addresses[i % sources])
+        LampSpec(
+            c.site_id,
+            c.lamp_id,
+            c.password,
+            targets[i % len(targets)].host,
+            targets[i % len(targets)].port,
+            addresses[(i // len(targets)) % sources],
+        )
         for i, c in enumerate(creds)
     ]
     fleet = LoadFleet(specs, processes or processes_for(config.lamps))

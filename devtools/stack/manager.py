@@ -11,7 +11,7 @@ from devtools.stack.chromium import Chromium
 from devtools.stack.context import StackContext
 from devtools.stack.elasticsearch import Elasticsearch
 from devtools.stack.kafka import Kafka
-from devtools.stack.mosquitto import Mosquitto
+from devtools.stack.mosquitto import Mosquitto, stack_brokers
 from devtools.stack.postgres import Postgres
 from devtools.stack.redis import Redis
 from devtools.stack.service import Service
@@ -57,8 +57,17 @@ def services(settings: Settings, only: tuple[str, ...] = ()) -> list[Service]:
     unknown = set(only) - set(SERVICE_NAMES)
     if unknown:
         raise StackError(", ".join(sorted(unknown)), f"unknown service; known: {SERVICE_NAMES}")
-    ctx = StackContext(settings)
-    return [cls(ctx) for cls in SERVICE_TYPES if not only or cls.name in only]
+    return _instances(StackContext(settings), only)
+
+
+def _instances(ctx: StackContext, only: tuple[str, ...]) -> list[Service]:
+    """The services ``only`` names (all when empty); ``mosquitto``: every broker of the settings."""
+    chosen: list[Service] = []
+    for cls in SERVICE_TYPES:
+        if only and cls.name not in only:
+            continue
+        chosen.extend(stack_brokers(ctx) if cls is Mosquitto else [cls(ctx)])
+    return chosen
 
 
 def _chosen(
@@ -70,7 +79,7 @@ def _chosen(
     if unknown:
         raise StackError(", ".join(sorted(unknown)), f"unknown service; known: {known}")
     ctx = StackContext(settings)
-    chosen_services = [cls(ctx) for cls in SERVICE_TYPES if not only or cls.name in only]
+    chosen_services = _instances(ctx, only)
     chosen_tools = [cls(ctx) for cls in TOOL_TYPES if not only or cls.name in only]
     return ctx, chosen_services, chosen_tools
 

@@ -94,3 +94,24 @@ async def test_a_reload_with_30000_lamps_is_cheap_and_keeps_each_lamp_to_its_sit
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_a_new_build_of_the_lamp_acl_plugin_removes_the_earlier_ones(
+    settings: Settings, require: Callable[..., None], tmp_path: Path
+) -> None:
+    """One build per version of the plugin's source is kept: a new one removes the others (a
+    long-lived stack folder gathered one per edit before)."""
+    require("mosquitto")  # its headers installed by the stack
+    own = settings.model_copy(
+        update={"stack": settings.stack.model_copy(update={"home": tmp_path / "stack"})}
+    )
+    folder = tmp_path / "stack" / "mosquitto"
+    folder.mkdir(parents=True)
+    earlier = folder / "lamp_acl-000000000000.so"
+    earlier.write_bytes(b"an earlier build")
+    unrelated = folder / "passwd"
+    unrelated.write_text("kept")
+    built = build_lamp_acl_plugin(StackContext(own))
+    assert sorted(p.name for p in folder.iterdir()) == sorted([built.name, "passwd"])
+    assert built.stat().st_size > 0
+    assert build_lamp_acl_plugin(StackContext(own)) == built  # the same source: no new build

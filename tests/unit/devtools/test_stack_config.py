@@ -12,6 +12,7 @@ from devtools.stack import manager
 from devtools.stack.context import StackContext
 from devtools.stack.elasticsearch import Elasticsearch
 from devtools.stack.kafka import Kafka
+from devtools.stack.mosquitto import Mosquitto
 from devtools.stack.service import Service
 from pipeline.errors import StackError
 from pipeline.settings import load_settings
@@ -99,3 +100,24 @@ def test_a_missing_header_names_its_package(tmp_path: Path) -> None:
         ctx.ensure_packages(
             "mosquitto", {}, files={str(present): "present-dev", "/no/such.h": "absent-dev"}
         )
+
+
+def test_one_mosquitto_per_broker_sharing_the_first_ones_accounts(tmp_path: Path) -> None:
+    """Several brokers in the settings: one Mosquitto each, in a folder and under a name of its
+    own, all reading the first one's accounts; the first keeps the folder it always had, and
+    its pid marker does not match the next ones' command lines."""
+    settings = load_settings(
+        stack={"home": tmp_path},
+        mqtt={"brokers": [{"name": "a", "port": 21883}, {"name": "b", "port": 21884}]},
+    )
+    first, second = manager.services(settings, ("mosquitto",))
+    assert isinstance(first, Mosquitto) and isinstance(second, Mosquitto)
+    assert (first.name, first.dir, first.port) == ("mosquitto", tmp_path / "mosquitto", 21883)
+    assert (second.name, second.dir, second.port) == (
+        "mosquitto-2",
+        tmp_path / "mosquitto-2",
+        21884,
+    )
+    assert second.credentials().folder == first.credentials().folder == first.dir
+    assert second.probe_password() == first.probe_password()
+    assert first.marker not in str(second.conf_file)
