@@ -158,12 +158,26 @@ def alerts_tail(
         start = "the beginning" if from_beginning else "now"
         click.echo(f"following {topic} ({len(partitions)} partitions) from {start}", err=True)
 
+    def health(answering: bool) -> None:
+        # The person on call must not take a silent tail for a quiet night.
+        if answering:
+            click.echo(
+                "Kafka answers again: following on, nothing committed meanwhile missed", err=True
+            )
+        else:
+            click.echo(
+                f"Kafka at {settings.kafka.bootstrap_servers} is not answering: no alert can "
+                "arrive until it does (the tail waits and goes on by itself)",
+                err=True,
+            )
+
     async def run() -> None:
         items = follow(
             settings,
             from_beginning=from_beginning,
             alert_filter=AlertFilter(frozenset(sites), frozenset(kinds)),
             on_ready=ready,
+            on_health=health,
         )
         async for item in items:
             if isinstance(item, Undecodable):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,14 @@ from schemas import alert_kind
 # Short enough that a committed alert shows up well within a second of its append when the
 # topic is otherwise idle (the broker answers a fetch early as soon as there is data).
 FETCH_MAX_WAIT_MS = 100
+# aiokafka reconnects by itself and raises nothing while the brokers are away: its fetches just
+# come back empty, as on a quiet topic. So a tail asks the cluster for its metadata this often
+# to tell the two apart (one small request; a refused connection fails it at once), and takes
+# it for gone after this many failures in a row (one slow answer of a busy broker is not an
+# outage: a board saying "not connected" for nothing teaches staff to ignore it).
+PROBE_EVERY_S = 2.0
+PROBE_TIMEOUT_S = 3.0
+PROBE_FAILURES = 2
 
 
 @dataclass(frozen=True)
@@ -150,10 +159,13 @@ async def follow(
     from_beginning: bool = False,
     alert_filter: AlertFilter = AlertFilter(),
     on_ready: Callable[[str, list[int]], None] | None = None,
+    on_health: Callable[[bool], None] | None = None,
 ) -> AsyncIterator[TailedAlert | Undecodable]:
     """Every alert of ``alerts.v1`` that passes ``alert_filter``, as it is committed, and every
     undecodable record; ``on_ready(topic, partitions)`` once the start positions are fixed
-    (from then on nothing appended is missed)."""
+    (from then on nothing appended is missed); ``on_health(False)`` when the cluster stops
+    answering (the tail keeps its positions and goes on by itself once it answers again, which
+    ``on_health(True)`` tells: nothing committed meanwhile is missed)."""
     from aiokafka import AIOKafkaConsumer
     from aiokafka.errors import KafkaError
 
@@ -184,8 +196,17 @@ async def follow(
             await consumer.position(tp)  # resolves "latest"/"earliest" now, not at first fetch
         if on_ready is not None:
             on_ready(topic, partitions)
+        answering, failures = True, 0
+        next_probe = time.monotonic() + PROBE_EVERY_S
         while True:
             batch = await consumer.getmany(timeout_ms=1000)
+            if on_health is not None and (batch or time.monotonic() >= next_probe):
+                # Records fetched: the cluster answers (said before they are handed out).
+                failures = 0 if batch or await _answers(consumer) else failures + 1
+                if answering != (failures < PROBE_FAILURES):
+                    answering = not answering
+                    on_health(answering)
+                next_probe = time.monotonic() + PROBE_EVERY_S
             # In append order across partitions too, as far as one fetch can tell.
             records = sorted(
                 (record for part in batch.values() for record in part),
@@ -197,3 +218,14 @@ async def follow(
                     yield item
     finally:
         await consumer.stop()
+
+
+async def _answers(consumer: Any) -> bool:
+    """Whether the cluster answers a metadata request now (``consumer.topics()`` asks it)."""
+    from aiokafka.errors import KafkaError
+
+    try:
+        await asyncio.wait_for(consumer.topics(), PROBE_TIMEOUT_S)
+    except (KafkaError, OSError, TimeoutError):
+        return False
+    return True

@@ -203,9 +203,11 @@ class AlertHub:
         poller = StepPoller(self.fetch, self.steps_query)
         while self.subscribers:
             try:
-                for event in await poller.poll(self._sites()):
-                    self._fan_out(event)
+                events = await poller.poll(self._sites())
+                # Live again before the news it brings: a board hears "connected", then the step.
                 self._health("steps", ok=True)
+                for event in events:
+                    self._fan_out(event)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - PostgreSQL away: the next poll retries
@@ -220,7 +222,12 @@ class AlertHub:
     async def _tail(self) -> None:
         while self.subscribers:
             try:
-                async for item in follow(self.settings, on_ready=self._tail_ready):
+                items = follow(
+                    self.settings,
+                    on_ready=self._tail_ready,
+                    on_health=lambda ok: self._health("alerts", ok),
+                )
+                async for item in items:
                     if not isinstance(item, TailedAlert):
                         log.warning("console: undecodable record on alerts.v1: %s", item.error)
                         continue

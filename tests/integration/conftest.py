@@ -9,14 +9,17 @@ from __future__ import annotations
 import fcntl
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from devtools.stack import manager
+from devtools.stack.context import StackContext
+from devtools.stack.kafka import Kafka
 from pipeline.settings import Settings, load_settings
 from tests.conftest import under_ci
+from tests.integration.private_services import PrivateKafka, own_kafka, private_service
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -71,3 +74,21 @@ def restarts_services() -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture
+def private_kafka(
+    settings: Settings,
+    require: Callable[..., None],
+    tmp_path: Path,
+) -> Iterator[PrivateKafka]:
+    """A running single-node Kafka of the test's own (tests/integration/private_services.py),
+    for the tests that crash Kafka: the shared stack's broker is never touched."""
+    require("kafka")  # the stack's Kafka installed (its jars) and answering: a working setup
+    shared = Kafka(StackContext(settings))
+    if not (shared.libs / ".complete").exists():
+        pytest.fail(f"the stack's Kafka jars are missing ({shared.libs}): run `veilleuse stack up`")
+    with private_service(
+        settings, lambda ctx: PrivateKafka(ctx, shared.libs), own_kafka, tmp_path / "kafka.log"
+    ) as kafka:
+        yield kafka

@@ -1,4 +1,4 @@
-"""A test's own instance of a stack service (Kafka, Redis, PostgreSQL), to stop and start as
+"""A test's own instance of a stack service (Kafka, Redis, PostgreSQL), to stop, kill and start as
 it likes: the shared stack's services are never touched (other test runs use them).
 
 Each instance is the stack's own service class (the same configuration, binaries and jars) with
@@ -9,8 +9,10 @@ we are root, reaches it; a pytest ``tmp_path`` it cannot) and ports of its own.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import shutil
+import signal
 import socket
 import time
 import uuid
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from devtools.stack.context import StackContext
+from devtools.stack.kafka import Kafka
 from devtools.stack.service import Service
 from pipeline.ports import free_port
 from pipeline.settings import Settings
@@ -79,3 +82,50 @@ def start(service: Service) -> float:
     service.start()
     service.wait_until_healthy(began + START_TIMEOUT_S)
     return time.monotonic() - began
+
+
+class PrivateKafka(Kafka):
+    """A single-node Kafka of one test: the stack's jars (no download), everything else (data,
+    configuration, certificates, log, pid) in its own folder, on free ports."""
+
+    def __init__(self, ctx: StackContext, jars: Path) -> None:
+        super().__init__(ctx)
+        self.jars = jars
+
+    @property
+    def libs(self) -> Path:
+        return self.jars
+
+    def server_properties(self) -> str:
+        # After a crash the restarted node waits for its previous incarnation's broker session
+        # to expire (9 s by default) before it serves: shortened, to keep the tests short. The
+        # clients see the same outage, only briefer.
+        return super().server_properties() + (
+            "broker.session.timeout.ms=3000\nbroker.heartbeat.interval.ms=1000\n"
+        )
+
+
+def own_kafka(own: Settings) -> Settings:
+    """``own`` pointed at a Kafka of its own (client, controller and secure ports)."""
+    return own.model_copy(
+        update={
+            "kafka": own.kafka.model_copy(
+                update={"bootstrap_servers": f"127.0.0.1:{listening_port()}"}
+            ),
+            "stack": own.stack.model_copy(
+                update={
+                    "kafka_controller_port": listening_port(),
+                    "kafka_secure_port": listening_port(),
+                    "kafka_heap": "384m",
+                }
+            ),
+        }
+    )
+
+
+def crash(kafka: PrivateKafka) -> None:
+    """SIGKILL the whole process group, as a machine failure would."""
+    pid = kafka.pid()
+    assert pid is not None, "the test's Kafka is not running"
+    os.killpg(pid, signal.SIGKILL)
+    kafka.stop()  # reaps it and forgets its pid

@@ -19,24 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
-import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from devtools.stack.context import StackContext
-from devtools.stack.kafka import Kafka
 from pipeline.settings import Settings
 from pipeline.topics import ensure_topics
 from tests.integration.agents.conftest import AlertTail, DetectionRun, LampSender
 from tests.integration.agents.test_fencing import one_lamp_per_partition
-from tests.integration.private_services import listening_port, private_service, start
+from tests.integration.private_services import PrivateKafka, crash, start
 
 pytestmark = pytest.mark.slow
 
@@ -51,63 +45,6 @@ FENCING_NAMES = ("ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "FENCED_INSTANCE_ID"
 CUT_TRANSACTION = re.compile(
     r"(Could not|Cannot) send <class '[^']*Txn[^']*'|transaction aborted \("
 )
-
-
-class PrivateKafka(Kafka):
-    """A single-node Kafka of this test: the stack's jars (no download), everything else (data,
-    configuration, certificates, log, pid) in its own folder, on free ports."""
-
-    def __init__(self, ctx: StackContext, jars: Path) -> None:
-        super().__init__(ctx)
-        self.jars = jars
-
-    @property
-    def libs(self) -> Path:
-        return self.jars
-
-    def server_properties(self) -> str:
-        # After a crash the restarted node waits for its previous incarnation's broker session
-        # to expire (9 s by default) before it serves: shortened, to keep the test short. The
-        # clients see the same outage, only briefer.
-        return super().server_properties() + (
-            "broker.session.timeout.ms=3000\nbroker.heartbeat.interval.ms=1000\n"
-        )
-
-
-@pytest.fixture
-def private_kafka(settings: Settings, require: Any, tmp_path: Path) -> Iterator[PrivateKafka]:
-    require("kafka")  # the stack's Kafka installed (its jars) and answering: a working setup
-    shared = Kafka(StackContext(settings))
-    if not (shared.libs / ".complete").exists():
-        pytest.fail(f"the stack's Kafka jars are missing ({shared.libs}): run `veilleuse stack up`")
-
-    def point(own: Settings) -> Settings:
-        return own.model_copy(
-            update={
-                "kafka": own.kafka.model_copy(
-                    update={"bootstrap_servers": f"127.0.0.1:{listening_port()}"}
-                ),
-                "stack": own.stack.model_copy(
-                    update={
-                        "kafka_controller_port": listening_port(),
-                        "kafka_secure_port": listening_port(),
-                        "kafka_heap": "384m",
-                    }
-                ),
-            }
-        )
-
-    with private_service(
-        settings, lambda ctx: PrivateKafka(ctx, shared.libs), point, tmp_path / "kafka.log"
-    ) as kafka:
-        yield kafka
-
-
-def crash(kafka: PrivateKafka) -> None:
-    pid = kafka.pid()
-    assert pid is not None, "the test's Kafka is not running"
-    os.killpg(pid, signal.SIGKILL)
-    kafka.stop()  # reaps it and forgets its pid
 
 
 async def test_a_kafka_crash_under_committing_workers_raises_every_fall_once(

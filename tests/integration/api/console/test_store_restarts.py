@@ -14,7 +14,8 @@ check of the store passes again, and the open stream carries the news again (an 
 ``alerts.v1``; after a PostgreSQL restart, a step of the alert's life that the poller reads
 from ``alert_events``).
 
-Not here (covered elsewhere, on the shared stack under its restart lock): the sinks losing
+Not here: a Kafka crash under an open board (test_kafka_restart.py beside this one); and,
+covered elsewhere on the shared stack under its restart lock: the sinks losing
 nothing through 60 s PostgreSQL and Elasticsearch outages, and the JSON API's 503s meanwhile
 (tests/integration/sinks), the notifier through Redis and PostgreSQL restarts
 (tests/integration/notifier/test_notifier_outages.py).
@@ -87,8 +88,8 @@ def own_postgres(settings: Settings) -> Settings:
 
 @contextlib.asynccontextmanager
 async def console_api(settings: Settings, log_file: Path) -> AsyncIterator[ApiRun]:
-    """``veilleuse api`` on ``settings``' Redis and PostgreSQL server (a scratch database,
-    seeded as the API tests' one), its own topics, and a staff token of site A."""
+    """``veilleuse api`` on ``settings``' Redis, Kafka and PostgreSQL server (a scratch
+    database, seeded as the API tests' one), its own topics, and a staff token of site A."""
     prefix = f"t{uuid.uuid4().hex[:8]}."
     with scratch_database(settings, "console_outage") as database:
         scoped = database.model_copy(
@@ -103,6 +104,7 @@ async def console_api(settings: Settings, log_file: Path) -> AsyncIterator[ApiRu
             "VEILLEUSE_POSTGRES__PORT": str(scoped.postgres.port),
             "VEILLEUSE_POSTGRES__DATABASE": scoped.postgres.database,
             "VEILLEUSE_REDIS__PORT": str(scoped.redis.port),
+            "VEILLEUSE_KAFKA__BOOTSTRAP_SERVERS": scoped.kafka.bootstrap_servers,
             "VEILLEUSE_KAFKA__TOPIC_PREFIX": prefix,
             "VEILLEUSE_SINK__ELASTICSEARCH_INDEX_PREFIX": f"{prefix[:-1]}-messages",
             "VEILLEUSE_DETECTION__APP_ID": f"{prefix}detection",
