@@ -16,6 +16,7 @@ contract): a partition-wide watermark would fire one lamp's deadlines on another
 
 from __future__ import annotations
 
+import struct
 from array import array
 from dataclasses import dataclass
 from typing import Any
@@ -105,26 +106,32 @@ class LampClock:
         return cls(offset, latest, reboots, boot)
 
 
-class Deduplicator:
-    """The (seq, ts) pairs seen within ``horizon_ms`` of event time, at most ``max_entries``.
+# A 64-bit integer as array("q") stores it (native byte order).
+_INT64 = struct.Struct("=q")
 
-    The pairs are also kept, in arrival order, in a flat array of 64-bit integers: eviction
+
+class Deduplicator:
+    """The (seq, ts) pairs seen within ``horizon_ms`` of event time, at most ``max_entries``,
+    in arrival order in one flat array of 64-bit integers (seq, ts, seq, ts, ...): eviction
     takes the oldest arrivals first, and the changelog gets the array's bytes as they are,
     because a lamp's state is written after every batch that touched it.
+
+    The array is all there is: a pair is looked up by searching its ``ts``'s bytes in the
+    array's (a lamp keeps a few hundred pairs, 15 minutes of them). A set of tuples
+    beside it cost 20 times the array's 16 bytes per pair, most of a worker's memory per lamp
+    (devtools/bench/worker_memory.py, BENCHMARKS.md).
     """
 
-    __slots__ = ("horizon_ms", "log", "max_entries", "seen", "start")
+    __slots__ = ("horizon_ms", "log", "max_entries", "start")
 
     def __init__(self, horizon_ms: int, max_entries: int, log: array[int] | None = None) -> None:
         self.horizon_ms = horizon_ms
         self.max_entries = max_entries
         self.log: array[int] = log if log is not None else array("q")
-        self.start = 0
-        values = self.log
-        self.seen: set[tuple[int, int]] = set(zip(values[0::2], values[1::2], strict=True))
+        self.start = 0  # always even: log[start] is a seq, log[start + 1] its ts
 
     def __len__(self) -> int:
-        return len(self.seen)
+        return (len(self.log) - self.start) // 2
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Deduplicator):
@@ -137,19 +144,29 @@ class Deduplicator:
 
     __hash__ = None  # type: ignore[assignment]
 
+    def __contains__(self, pair: tuple[int, int]) -> bool:
+        seq, ts = pair
+        # The live pairs' bytes, searched for the ts's 8 bytes by bytes.find, in C
+        # (array.index would make an int object of every element it passes).
+        live = bytes(memoryview(self.log)[self.start :])
+        needle = _INT64.pack(ts)
+        at = live.find(needle, 8)
+        while at >= 0:
+            # A hit that is a ts slot (8 bytes into a pair), its own seq before it.
+            if at % 16 == 8 and live[at - 8 : at] == _INT64.pack(seq):
+                return True
+            at = live.find(needle, at + 1)
+        return False
+
     def is_duplicate(self, seq: int, ts: int, now_ms: int) -> bool:
-        key = (seq, ts)
-        seen = self.seen
-        if key in seen:
+        if (seq, ts) in self:
             return True
-        seen.add(key)
         log = self.log
         log.append(seq)
         log.append(ts)
         oldest_allowed = now_ms - self.horizon_ms
         start = self.start
-        while len(seen) > self.max_entries or log[start + 1] < oldest_allowed:
-            seen.discard((log[start], log[start + 1]))
+        while (len(log) - start) // 2 > self.max_entries or log[start + 1] < oldest_allowed:
             start += 2
             if start >= len(log):
                 break
@@ -161,9 +178,8 @@ class Deduplicator:
 
     def pairs(self) -> list[tuple[int, int]]:
         """The remembered pairs, oldest arrival first."""
-        log, seen = self.log, self.seen
-        found = zip(log[self.start :: 2], log[self.start + 1 :: 2], strict=True)
-        return [pair for pair in found if pair in seen]
+        log = self.log
+        return list(zip(log[self.start :: 2], log[self.start + 1 :: 2], strict=True))
 
     def dump(self) -> bytes:
         return self.log[self.start :].tobytes()

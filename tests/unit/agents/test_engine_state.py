@@ -41,7 +41,7 @@ def test_encode_decode_round_trip() -> None:
     """decode_state(encode_state(lamp)) is the same lamp, field for field."""
     t = busy_lamp()
     lamp = t.engine.lamps[LAMP]
-    assert lamp.timers and lamp.dedup.seen
+    assert lamp.timers and len(lamp.dedup)
     assert lamp.rules["help_button"].incident is not None
     assert lamp.rules["environment"].incident is not None
     data = t.engine.encode_state(LAMP)

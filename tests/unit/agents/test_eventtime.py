@@ -158,7 +158,7 @@ def test_entries_older_than_the_horizon_are_forgotten() -> None:
     dedup = Deduplicator(horizon_ms=60_000, max_entries=100)
     dedup.is_duplicate(1, WALL, WALL)
     dedup.is_duplicate(2, WALL + 30_000, WALL + 30_000)
-    assert (1, WALL) in dedup.seen
+    assert (1, WALL) in dedup.pairs()
     dedup.is_duplicate(3, WALL + 70_000, WALL + 70_000)
     assert dedup.pairs() == [(2, WALL + 30_000), (3, WALL + 70_000)]
     assert not dedup.is_duplicate(1, WALL, WALL + 70_000)
@@ -169,7 +169,7 @@ def test_entries_beyond_max_entries_are_evicted_oldest_first() -> None:
     dedup = Deduplicator(horizon_ms=900_000, max_entries=16)
     for seq in range(20):
         dedup.is_duplicate(seq, WALL + seq, WALL + seq)
-    assert len(dedup.seen) == 16
+    assert len(dedup) == 16
     assert [seq for seq, _ in dedup.pairs()] == list(range(4, 20))
     assert not dedup.is_duplicate(0, WALL, WALL + 20)
     assert dedup.is_duplicate(19, WALL + 19, WALL + 20)
@@ -249,3 +249,16 @@ def test_an_old_low_seq_arriving_late_is_not_a_reboot() -> None:
     assert clock.reboots == 0
     lamp_now = clock.now(WALL + 3_602_000)
     assert clock.observe(0, lamp_now - 200_000, WALL + 3_602_000)  # set back 200 s: a reboot
+
+
+def test_every_pair_of_64_bit_integers_is_remembered_apart() -> None:
+    """Distinct pairs, even at the 64-bit edges the stored array allows (a junk seq or ts), and
+    a seq equal to another pair's ts, never look alike."""
+    edges = [-(2**63), -(2**32), -1, 0, 1, 2**32, WALL, 2**63 - 1]
+    dedup = Deduplicator(horizon_ms=2**62, max_entries=4096)
+    pairs = [(seq, ts) for seq in edges for ts in edges]
+    assert not any(dedup.is_duplicate(seq, ts, -(2**63)) for seq, ts in pairs)
+    assert all(dedup.is_duplicate(seq, ts, -(2**63)) for seq, ts in pairs)
+    assert len(dedup) == len(pairs)
+    restored = Deduplicator.load(dedup.dump(), horizon_ms=2**62, max_entries=4096)
+    assert restored.pairs() == pairs == dedup.pairs()
