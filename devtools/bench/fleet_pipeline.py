@@ -45,6 +45,7 @@ from devtools.bench.probes import (
     machine,
     process_table,
     stack_pids,
+    tree_pids,
 )
 from devtools.mqtt_load import processes_for
 from devtools.simulate import PlayStats, simulate_sockets
@@ -59,20 +60,6 @@ from pipeline.topics import LAMP_MESSAGES, topic_name
 RESULTS = Path(__file__).parent / "results"
 PER_BROKER = 18_000  # below the 20,000 descriptors a process may hold here
 PIPELINE = ("connector", "worker", "sink-elasticsearch", "sink-postgres")
-
-
-def tree_pids(table: dict[int, tuple[int, int]], roots: set[int]) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    seen: set[int] = set()
-    todo = [pid for pid in roots if pid in table]
-    while todo:
-        pid = todo.pop()
-        if pid not in seen:
-            seen.add(pid)
-            todo.extend(children.get(pid, ()))
-    return seen
 
 
 def rss_mib(pids: set[int]) -> float:

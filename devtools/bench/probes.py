@@ -187,8 +187,8 @@ def process_table(proc: Path = Path("/proc")) -> dict[int, tuple[int, int]]:
     return table
 
 
-def tree_ticks(table: dict[int, tuple[int, int]], roots: set[int]) -> int:
-    """Clock ticks of ``roots`` and of every live descendant (with what each reaped)."""
+def tree_pids(table: dict[int, tuple[int, int]], roots: set[int]) -> set[int]:
+    """``roots`` and every live descendant, from a :func:`process_table`."""
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in table.items():
         children.setdefault(ppid, []).append(pid)
@@ -200,7 +200,12 @@ def tree_ticks(table: dict[int, tuple[int, int]], roots: set[int]) -> int:
             continue
         seen.add(pid)
         todo.extend(children.get(pid, ()))
-    return sum(table[pid][1] for pid in seen)
+    return seen
+
+
+def tree_ticks(table: dict[int, tuple[int, int]], roots: set[int]) -> int:
+    """Clock ticks of ``roots`` and of every live descendant (with what each reaped)."""
+    return sum(table[pid][1] for pid in tree_pids(table, roots))
 
 
 class CpuMeter:
