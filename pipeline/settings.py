@@ -506,6 +506,15 @@ class ApiSettings(_Section):
         gt=0,
         description="Longest wait on a service (PostgreSQL, Elasticsearch, Kafka) per call.",
     )
+    secondary_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description=(
+            "Longest wait on Elasticsearch for what a page holds beside its subject (the messages "
+            "on an alert's or a lamp's page, the lamps only the messages index knows on the "
+            "board): a hung index must not hold the page a nurse opens from a notification."
+        ),
+    )
     token_cache_s: float = Field(
         5.0,
         ge=0,

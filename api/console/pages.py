@@ -303,15 +303,22 @@ async def messages_or_none(
     end: datetime | None = None,
     limit: int = PAGE,
     cursor: str | None = None,
+    secondary: bool = False,
 ) -> tuple[list[Message], str | None, str | None]:
     """The messages search as the API runs it: (messages, next cursor, None), or (nothing,
-    None, why) when Elasticsearch is away, so that the rest of the page still shows."""
+    None, why) when Elasticsearch is away, so that the rest of the page still shows. Where the
+    messages are not the page's subject (``secondary``), the wait is the shorter
+    ``api.secondary_timeout_s``."""
+    search = messages_api.search(
+        console.ctx, principal, q, lamp, site, kind, start, end, limit, cursor
+    )
+    wait_s = console.ctx.settings.api.secondary_timeout_s if secondary else None
     try:
-        page = await messages_api.search(
-            console.ctx, principal, q, lamp, site, kind, start, end, limit, cursor
-        )
+        page = await asyncio.wait_for(search, wait_s)
     except ServiceUnavailableError as exc:
         return [], None, str(exc)
+    except TimeoutError:
+        return [], None, f"Elasticsearch unavailable: no answer within {wait_s} s"
     return page.items, page.next_cursor, None
 
 
@@ -340,6 +347,7 @@ async def alert_page(
         lamp=row["lamp_id"],
         start=started - timedelta(minutes=15),
         end=min(until, started + timedelta(hours=6)) + timedelta(minutes=5),
+        secondary=True,
     )
     may_ack = principal.may_acknowledge and row["state"] == "raised"
     return console.render(
@@ -431,7 +439,9 @@ async def lamp_page(
     recent = await alerts_api.alerts(
         console.ctx, principal, None, lamp_id, None, None, None, None, 20, None
     )
-    found, _, why = await messages_or_none(console, principal, lamp=lamp_id, limit=20)
+    found, _, why = await messages_or_none(
+        console, principal, lamp=lamp_id, limit=20, secondary=True
+    )
     night = await last_night(console, principal, lamp_id, now)
     return console.render(
         request,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -75,13 +76,14 @@ async def recent_lamps(
     is listed from its first message, not an hour later. Elasticsearch away costs only them."""
     since = datetime.now(UTC) - timedelta(milliseconds=queries.RECENT_LAMPS_WINDOW_MS)
     body = queries.recent_lamps_body(caller, site, round(since.timestamp() * 1000))
+    search = ctx.services.elasticsearch.search(
+        index=ctx.settings.sink.elasticsearch_index_prefix,
+        ignore_unavailable=True,
+        allow_no_indices=True,
+        **body,
+    )
     try:
-        result = await ctx.services.elasticsearch.search(
-            index=ctx.settings.sink.elasticsearch_index_prefix,
-            ignore_unavailable=True,
-            allow_no_indices=True,
-            **body,
-        )
+        result = await asyncio.wait_for(search, ctx.settings.api.secondary_timeout_s)
     except Exception as exc:
         if is_elasticsearch_down(exc):
             log.warning("lamps: recent lamps not listed (%s)", exc)

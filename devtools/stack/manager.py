@@ -11,7 +11,7 @@ from devtools.stack.chromium import Chromium
 from devtools.stack.context import StackContext
 from devtools.stack.elasticsearch import Elasticsearch
 from devtools.stack.kafka import Kafka
-from devtools.stack.mosquitto import Mosquitto, stack_brokers
+from devtools.stack.mosquitto import Mosquitto, stack_brokers, stray_brokers
 from devtools.stack.postgres import Postgres
 from devtools.stack.redis import Redis
 from devtools.stack.service import Service
@@ -109,10 +109,18 @@ def status(settings: Settings, only: tuple[str, ...] = ()) -> list[Report]:
             return Report(service.name, State.EXTERNAL, service.url, "not started by veilleuse")
         return Report(service.name, State.DOWN, service.url, detail)
 
-    _, chosen, tools = _chosen(settings, only)
+    ctx, chosen, tools = _chosen(settings, only)
     with ThreadPoolExecutor(len(SERVICE_TYPES)) as pool:
         reports = list(pool.map(one, chosen))
+    for stray in _strays(ctx, only):
+        reports.append(
+            Report(stray.name, State.UP, stray.url, "not in VEILLEUSE_MQTT__BROKERS", stray.pid())
+        )
     return reports + [_tool_status(tool) for tool in tools]
+
+
+def _strays(ctx: StackContext, only: tuple[str, ...]) -> list[Mosquitto]:
+    return stray_brokers(ctx) if not only or Mosquitto.name in only else []
 
 
 def up(settings: Settings, only: tuple[str, ...] = ()) -> list[Report]:
@@ -169,7 +177,9 @@ def up(settings: Settings, only: tuple[str, ...] = ()) -> list[Report]:
 
 def down(settings: Settings, only: tuple[str, ...] = ()) -> list[Report]:
     """Stop what we started (and only that), in reverse order of start-up."""
-    _, chosen, _ = _chosen(settings, only)  # tools: nothing to stop
+    ctx, chosen, _ = _chosen(settings, only)  # tools: nothing to stop
+    # A broker `up` started with a longer broker list than today's settings is stopped too.
+    chosen += _strays(ctx, only)
     reports = []
     for service in reversed(chosen):
         was_ours = service.stop()

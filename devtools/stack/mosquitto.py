@@ -11,6 +11,7 @@ from pathlib import Path
 
 from devtools.stack.context import SERVICE_PATH, StackContext
 from devtools.stack.service import Launch, Service
+from pipeline.errors import StackError
 from pipeline.lamps import CONNECTOR_CONTROL_PREFIX, ComponentAccount, MosquittoCredentials
 from pipeline.settings import MqttBroker
 
@@ -68,6 +69,20 @@ def stack_brokers(ctx: StackContext) -> list[Mosquitto]:
     return [Mosquitto(ctx, index) for index in range(len(ctx.settings.mqtt.brokers))]
 
 
+def stray_brokers(ctx: StackContext) -> list[Mosquitto]:
+    """Brokers of this stack still running that the settings no longer list (``up`` ran with a
+    longer ``VEILLEUSE_MQTT__BROKERS``): ``down`` stops them too, ``status`` shows them."""
+    listed = len(ctx.settings.mqtt.brokers)
+    strays = []
+    for folder in ctx.home.glob("mosquitto-*"):
+        number = folder.name.removeprefix("mosquitto-")
+        if number.isdigit() and int(number) > listed:
+            broker = Mosquitto(ctx, int(number) - 1)
+            if broker.pid() is not None:
+                strays.append(broker)
+    return sorted(strays, key=lambda broker: broker.index)
+
+
 class Mosquitto(Service):
     name = "mosquitto"
 
@@ -79,7 +94,15 @@ class Mosquitto(Service):
 
     @property
     def broker(self) -> MqttBroker:
-        return self.ctx.settings.mqtt.brokers[self.index]
+        brokers = self.ctx.settings.mqtt.brokers
+        if self.index < len(brokers):
+            return brokers[self.index]
+        # A stray (stray_brokers): where it listens is in the configuration it was started with.
+        for line in self.conf_file.read_text().splitlines():
+            if line.startswith("listener "):
+                _, port, host = line.split()
+                return MqttBroker(name=self.name, host=host, port=int(port))
+        raise StackError(self.name, f"no listener in {self.conf_file}", self.log_file)
 
     @property
     def first(self) -> Mosquitto:

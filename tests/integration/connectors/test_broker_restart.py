@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +14,11 @@ from typing import Any
 import pytest
 
 from connectors.mqtt_asyncio import AsyncioMqtt
+from devtools.stack import manager
+from devtools.stack.context import StackContext
+from devtools.stack.mosquitto import stack_brokers
 from pipeline.lamps import Credential
+from pipeline.ports import free_port
 from pipeline.settings import MqttBroker, Settings
 from tests.integration.connectors.conftest import (
     ConnectorFactory,
@@ -278,3 +283,91 @@ async def test_a_connector_restart_alone_is_written_once(
     assert metrics.get("restart_guard_forwarded_total{broker=local}", 0) == 0, metrics
     assert sum(counts.values()) == len(sent), "a message was written twice"
     assert "the broker ran throughout" in process.log_file.read_text()
+
+
+async def test_one_of_two_stack_brokers_restarts_under_load_and_the_other_keeps_flowing(
+    settings: Settings,
+    connector: ConnectorFactory,
+    provision: Callable[[int], LampSet],
+    messages_topic: TopicReader,
+) -> None:
+    """The local stack's fleet topology (one Mosquitto per entry of VEILLEUSE_MQTT__BROKERS, as
+    `veilleuse simulate --lamps 100000` plays over six): one connector reads the stack's broker
+    and a second one started beside it; lamps publish on both at about 400 messages/s; the second
+    broker stops (SIGTERM, as a deploy) for about 6 s and starts again. While it is down, what
+    the first broker's lamps publish keeps reaching Kafka, and the connector's session there is
+    not touched (one connection throughout); the second is reconnected by itself; nothing either
+    broker acknowledged to a lamp is lost."""
+    lamps = provision(40)  # accounts shared by every broker of the stack (read at its start)
+    added = MqttBroker(name="node-2", port=free_port())
+    mqtt = settings.mqtt.model_copy(update={"brokers": (*settings.mqtt.brokers, added)})
+    multi = settings.model_copy(update={"mqtt": mqtt})
+    second = stack_brokers(StackContext(multi))[1]
+    await asyncio.to_thread(manager.up, multi, ("mosquitto",))
+    steady: Lamps | None = None
+    moved: Lamps | None = None
+    try:
+        brokers = [b.model_dump(mode="json") for b in multi.mqtt.brokers]
+        process = connector(VEILLEUSE_MQTT__BROKERS=json.dumps(brokers))
+        deadline = time.monotonic() + 30
+        while process.metrics().get(f"subscribed{{broker={added.name}}}") != 1:
+            assert time.monotonic() < deadline, f"never subscribed on {added.name}"
+            await asyncio.sleep(0.2)
+        steady = Lamps(settings.mqtt.brokers[0], lamps.credentials[:20])
+        moved = Lamps(added, lamps.credentials[20:])
+        await asyncio.gather(steady.connect(), moved.connect())
+        publishing = True
+
+        async def publish() -> None:
+            started, seq = time.monotonic(), 0
+            while publishing:  # 40 lamps, 10 rounds a second
+                steady.publish(seq)
+                moved.publish(seq)
+                seq += 1
+                await asyncio.sleep(max(0.0, started + seq / 10 - time.monotonic()))
+                if seq % 5 == 0:
+                    await moved.connect()
+
+        publisher = asyncio.create_task(publish())
+        await asyncio.sleep(5)
+        await asyncio.to_thread(second.stop)
+        outage_started = time.monotonic()
+        before = set(steady.acked)
+        await asyncio.sleep(1.5)
+        during = steady.acked - before  # acknowledged by the first broker, the second down
+        missing, _ = await wait_for_all(messages_topic, lamps.site_id, during, timeout_s=4)
+        seen_during_outage = not missing
+        assert second.pid() is None, "the second broker still answered: nothing was tested"
+        await asyncio.sleep(max(0.0, outage_started + 6 - time.monotonic()))
+        await asyncio.to_thread(second.start)
+        await asyncio.to_thread(second.wait_until_healthy, time.monotonic() + 30)
+        moved_before = set(moved.acked)
+        deadline = time.monotonic() + 30
+        while process.metrics().get(f"mqtt_connects_total{{broker={added.name}}}", 0) < 2:
+            assert time.monotonic() < deadline, f"did not reconnect to {added.name}"
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(5)  # both brokers again
+        publishing = False
+        await publisher
+        await asyncio.sleep(2)  # the last acknowledgements
+        acked = steady.acked | moved.acked
+        assert seen_during_outage, (
+            f"{len(missing)} of {len(during)} messages of the first broker were not in Kafka "
+            "while the second was down"
+        )
+        assert during, "the first broker acknowledged nothing while the second was down"
+        assert moved.acked - moved_before, "no lamp of the second broker published after it"
+        missing, counts = await wait_for_all(messages_topic, lamps.site_id, acked, timeout_s=90)
+        print(  # noqa: T201
+            f"\n{steady.sent + moved.sent} published, {len(acked)} acknowledged by the brokers, "
+            f"{len(counts)} distinct in Kafka, {sum(counts.values()) - len(counts)} duplicates"
+        )
+        assert not missing, f"{len(missing)} of {len(acked)} acknowledged messages lost"
+        metrics = process.metrics()
+        assert metrics["mqtt_connects_total{broker=local}"] == 1, metrics
+        assert process.alive()
+    finally:
+        for fleet in (steady, moved):
+            if fleet is not None:
+                await fleet.close()
+        await asyncio.to_thread(second.stop)

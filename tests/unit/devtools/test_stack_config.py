@@ -121,3 +121,35 @@ def test_one_mosquitto_per_broker_sharing_the_first_ones_accounts(tmp_path: Path
     assert second.credentials().folder == first.credentials().folder == first.dir
     assert second.probe_password() == first.probe_password()
     assert first.marker not in str(second.conf_file)
+
+
+def test_a_broker_no_longer_in_the_settings_is_shown_and_stopped(tmp_path: Path) -> None:
+    """`up` ran with three brokers, `status` and `down` with today's one: the third, still
+    running, is listed as not in the settings (where it listens read from its configuration)
+    and stopped with the stack, not left behind."""
+    settings = load_settings(
+        stack={"home": tmp_path}, mqtt={"brokers": [{"name": "a", "port": 21883}]}
+    )
+    ctx = StackContext(settings)
+    stray = Mosquitto(ctx, 2)
+    stray.dir.mkdir(parents=True)
+    stray.conf_file.write_text("per_listener_settings false\nlistener 21885 127.0.0.1\n")
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    # A process whose command line names the stray's configuration, as Mosquitto's does.
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", str(stray.conf_file)],
+        start_new_session=True,
+    )
+    try:
+        stray.pid_file.write_text(f'{{"pid": {process.pid}}}')
+        reports = {r.service: r for r in manager.status(settings, ("mosquitto",))}
+        assert reports["mosquitto-3"].state == manager.State.UP
+        assert reports["mosquitto-3"].url == "mqtt://127.0.0.1:21885"
+        assert "not in VEILLEUSE_MQTT__BROKERS" in reports["mosquitto-3"].detail
+        stopped = {r.service: r.state for r in manager.down(settings, ("mosquitto",))}
+        assert stopped["mosquitto-3"] == manager.State.STOPPED
+        assert process.wait(10) is not None
+        assert "mosquitto-3" not in {r.service for r in manager.status(settings, ("mosquitto",))}
+    finally:
+        process.kill()
+        process.wait()

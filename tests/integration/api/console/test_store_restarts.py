@@ -87,9 +87,10 @@ def own_postgres(settings: Settings) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def console_api(settings: Settings, log_file: Path) -> AsyncIterator[ApiRun]:
+async def console_api(settings: Settings, log_file: Path, **extra: str) -> AsyncIterator[ApiRun]:
     """``veilleuse api`` on ``settings``' Redis, Kafka and PostgreSQL server (a scratch
-    database, seeded as the API tests' one), its own topics, and a staff token of site A."""
+    database, seeded as the API tests' one), its own topics, and a staff token of site A;
+    ``extra``: more of its environment."""
     prefix = f"t{uuid.uuid4().hex[:8]}."
     with scratch_database(settings, "console_outage") as database:
         scoped = database.model_copy(
@@ -112,6 +113,7 @@ async def console_api(settings: Settings, log_file: Path) -> AsyncIterator[ApiRu
             "VEILLEUSE_API__TOKEN_CACHE_S": "0",
             "VEILLEUSE_API__REQUEST_TIMEOUT_S": "3",
             "VEILLEUSE_LOG_FORMAT": "json",
+            **extra,
         }
         process = PipelineProcess(["api"], env, log_file).start()
         run = ApiRun(scoped, env, f"http://127.0.0.1:{port}", tokens, process)
