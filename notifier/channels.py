@@ -23,6 +23,7 @@ import logging
 import smtplib
 import ssl
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -36,6 +37,9 @@ from pipeline.errors import VeilleuseError
 from pipeline.settings import NotifierSettings
 
 log = logging.getLogger(__name__)
+
+# SMTP sends at once per notifier (several alerts due together, each its own message).
+SMTP_THREADS = 4
 
 # Standard Webhooks (https://www.standardwebhooks.com).
 WEBHOOK_ID_HEADER = "webhook-id"
@@ -221,15 +225,23 @@ class WebhookChannel:
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s)
             )
         body, headers = self.request(notification)
-        for url in targets:
+        session = self._session
+
+        async def post(url: str) -> str | None:
+            """None when delivered, else why not."""
             try:
-                async with self._session.post(url, data=body, headers=headers) as response:
-                    if 200 <= response.status < 300:
-                        delivery.delivered.append(url)
-                    else:
-                        delivery.failed[url] = f"HTTP {response.status}"
+                async with session.post(url, data=body, headers=headers) as response:
+                    return None if 200 <= response.status < 300 else f"HTTP {response.status}"
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                delivery.failed[url] = f"{type(exc).__name__}: {exc}"
+                return f"{type(exc).__name__}: {exc}"
+
+        # Every target at once: one that hangs costs the others nothing.
+        outcomes = await asyncio.gather(*(post(url) for url in targets))
+        for url, failure in zip(targets, outcomes, strict=True):
+            if failure is None:
+                delivery.delivered.append(url)
+            else:
+                delivery.failed[url] = failure
         return delivery
 
     async def close(self) -> None:
@@ -256,6 +268,9 @@ class EmailChannel:
             notifier.smtp_password.get_secret_value() if notifier.smtp_password else None
         )
         self.timeout_s = notifier.smtp_timeout_s
+        # Threads of its own: a relay that hangs must not take the threads the notifier's
+        # Redis calls run on (asyncio.to_thread's shared pool).
+        self._pool = ThreadPoolExecutor(max_workers=SMTP_THREADS, thread_name_prefix="smtp")
 
     def message(self, notification: Notification, to: Sequence[str]) -> EmailMessage:
         message = EmailMessage()
@@ -291,8 +306,9 @@ class EmailChannel:
         if not to:
             return delivery
         message = self.message(notification, to)
+        loop = asyncio.get_running_loop()
         try:
-            refused = await asyncio.to_thread(self._send_sync, message, to)
+            refused = await loop.run_in_executor(self._pool, self._send_sync, message, to)
         except (smtplib.SMTPException, OSError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
             delivery.failed.update(dict.fromkeys(to, reason))
@@ -302,7 +318,7 @@ class EmailChannel:
         return delivery
 
     async def close(self) -> None:
-        return None
+        self._pool.shutdown(wait=False)
 
 
 def channels_from_settings(notifier: NotifierSettings, clock: Clock) -> list[Channel]:

@@ -289,7 +289,23 @@ class Notifier:
         )
         self._due_timers = len(claimed)
         self.health.ok("redis")
+        # The claimed alerts all at once, each alert's timers in order: an endpoint that hangs
+        # (a nurse-call integration that accepts and never answers) holds its own alert for
+        # its timeout, not the others' notifications, nor past the leases of their timers.
+        by_alert: dict[str, list[Claimed]] = {}
         for job in claimed:
+            by_alert.setdefault(job.job.alert_id, []).append(job)
+        outcomes = await asyncio.gather(
+            *(self._run_jobs(jobs) for jobs in by_alert.values()), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome  # each alert ran its course; the first failure is the poll's
+        return len(claimed)
+
+    async def _run_jobs(self, jobs: list[Claimed]) -> None:
+        """One alert's claimed timers, in the order they were due."""
+        for job in jobs:
             if job.job.kind == "notify":
                 await self._notify(job)
             else:
@@ -297,7 +313,6 @@ class Notifier:
             self.health.ok("postgres")
             self.health.progress()
             self._due_timers -= 1
-        return len(claimed)
 
     async def _finish(self, claimed: Claimed, following: tuple[Job, int] | None) -> None:
         # The step is recorded: completing the timer is retried until Redis answers (its token
@@ -358,10 +373,11 @@ class Notifier:
             recipients=tuple(recipients),
         )
         sent_ms = self.clock.now_ms()
-        deliveries: list[Delivery] = []
-        for channel in self.channels:
-            delivery = await channel.send(notification)
-            deliveries.append(delivery)
+        # Every channel at once: a hung webhook does not delay the e-mail, nor the reverse.
+        deliveries: list[Delivery] = list(
+            await asyncio.gather(*(channel.send(notification) for channel in self.channels))
+        )
+        for channel, delivery in zip(self.channels, deliveries, strict=True):
             self.metrics.deliveries.labels(channel.name, "delivered").inc(len(delivery.delivered))
             self.metrics.deliveries.labels(channel.name, "failed").inc(len(delivery.failed))
             for address, reason in delivery.failed.items():

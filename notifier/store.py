@@ -15,6 +15,7 @@ out cannot complete a job someone else now holds.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -332,6 +333,9 @@ class Journal:
     def __init__(self, conninfo: str) -> None:
         self.conninfo = conninfo
         self._conn: AsyncConnection[Any] | None = None
+        # One connection, used by several alerts' tasks at once (Notifier.run_due): each
+        # method's transaction must not interleave with another's on it.
+        self._lock = asyncio.Lock()
 
     async def connection(self) -> AsyncConnection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -350,17 +354,19 @@ class Journal:
 
     async def alert(self, row: Mapping[str, Any], *steps: Step) -> list[bool]:
         """Upsert the alert's row and append ``steps``, in one transaction; per step: new?"""
-        conn = await self.connection()
-        async with conn.transaction():
-            await conn.execute(UPSERT_ALERT, dict(row))
-            return [await self._insert(conn, step) for step in steps]
+        async with self._lock:
+            conn = await self.connection()
+            async with conn.transaction():
+                await conn.execute(UPSERT_ALERT, dict(row))
+                return [await self._insert(conn, step) for step in steps]
 
     async def steps(self, *steps: Step) -> list[bool]:
         """Append steps (of known alerts) in one transaction; per step: new? A step of an alert
         with no row is not written (False)."""
-        conn = await self.connection()
-        async with conn.transaction():
-            return [await self._insert(conn, step) for step in steps]
+        async with self._lock:
+            conn = await self.connection()
+            async with conn.transaction():
+                return [await self._insert(conn, step) for step in steps]
 
     @staticmethod
     async def _insert(conn: AsyncConnection[Any], step: Step) -> bool:
@@ -368,18 +374,20 @@ class Journal:
         return cursor.rowcount == 1
 
     async def has_step(self, alert_id: str, step: str, occurrence: int) -> bool:
-        conn = await self.connection()
-        async with conn.transaction():
-            cursor = await conn.execute(SELECT_STEP, (alert_id, step, occurrence))
-            return await cursor.fetchone() is not None
+        async with self._lock:
+            conn = await self.connection()
+            async with conn.transaction():
+                cursor = await conn.execute(SELECT_STEP, (alert_id, step, occurrence))
+                return await cursor.fetchone() is not None
 
     async def recipients(self, site_id: str, audience: Audience) -> tuple[list[Recipient], bool]:
-        conn = await self.connection()
-        async with conn.transaction():
-            cursor = await conn.execute(SELECT_STAFF, (site_id,))
-            rows = await cursor.fetchall()
-        staff = [(str(n), e, w, bool(d)) for n, e, w, d in rows]
-        return choose_recipients(staff, audience)
+        async with self._lock:
+            conn = await self.connection()
+            async with conn.transaction():
+                cursor = await conn.execute(SELECT_STAFF, (site_id,))
+                rows = await cursor.fetchall()
+            staff = [(str(n), e, w, bool(d)) for n, e, w, d in rows]
+            return choose_recipients(staff, audience)
 
 
 def alert_row(

@@ -3,7 +3,9 @@ the e-mail's content."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import dataclasses
 import hashlib
 import hmac
 import time
@@ -294,3 +296,40 @@ async def test_unreachable_endpoints_are_failures_not_exceptions() -> None:
     delivery = await mail.send(notification())
     assert delivery.delivered == []
     assert sorted(delivery.failed) == ["ana@example.org", "bob@example.org"]
+
+
+async def test_a_webhook_target_that_hangs_costs_the_other_targets_nothing() -> None:
+    """The first URL answers only once the second has been reached: sent one after the other,
+    the first would time out (and the second come only after it); sent together, both are
+    delivered."""
+    from aiohttp import web
+
+    second_reached = asyncio.Event()
+
+    async def hangs_until_the_other(_request: web.Request) -> web.Response:
+        await asyncio.wait_for(second_reached.wait(), 10)
+        return web.Response(status=204)
+
+    async def answers(_request: web.Request) -> web.Response:
+        second_reached.set()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hangs", hangs_until_the_other)
+    app.router.add_post("/answers", answers)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    base = f"http://127.0.0.1:{port}"
+    webhook = WebhookChannel(
+        SECRET, FixedClock(NOW), urls=[f"{base}/hangs", f"{base}/answers"], timeout_s=2
+    )
+    lone = dataclasses.replace(notification(), recipients=())  # the configured URLs only
+    try:
+        delivery = await webhook.send(lone)
+    finally:
+        await webhook.close()
+        await runner.cleanup()
+    assert delivery.failed == {}
+    assert delivery.delivered == [f"{base}/hangs", f"{base}/answers"]

@@ -4,7 +4,8 @@ tests/integration/notifier)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from notifier.channels import Delivery, Notification, Recipient
@@ -156,11 +157,14 @@ class RecordingChannel:
 STAFF = [("ana", "ana@x", None, True), ("bob", "bob@x", None, False)]
 
 
-def notifier() -> tuple[Notifier, TestClock, MemoryJournal, RecordingChannel, MemoryTimers]:
+def notifier(
+    *others: RecordingChannel, channel: RecordingChannel | None = None
+) -> tuple[Notifier, TestClock, MemoryJournal, RecordingChannel, MemoryTimers]:
     clock = TestClock(T0)
     journal = MemoryJournal(STAFF)
-    channel = RecordingChannel()
-    channel.clock = clock
+    channel = channel or RecordingChannel()
+    for each in (channel, *others):
+        each.clock = clock
     timers = MemoryTimers()
     settings = load_settings()
     service = Notifier(
@@ -168,19 +172,19 @@ def notifier() -> tuple[Notifier, TestClock, MemoryJournal, RecordingChannel, Me
         timers=timers,  # type: ignore[arg-type]
         records_journal=journal,  # type: ignore[arg-type]
         timers_journal=journal,  # type: ignore[arg-type]
-        channels=[channel],
+        channels=[channel, *others],
         clock=clock,
     )
     return service, clock, journal, channel, timers
 
 
 def alert_record(
-    state: str, at_ms: int, severity: str = "critical", offset: int = 0
+    state: str, at_ms: int, severity: str = "critical", offset: int = 0, alert_id: str = "a-1"
 ) -> KafkaRecord:
     value = encode(
         schema("alert.v1"),
         {
-            "alert_id": "a-1",
+            "alert_id": alert_id,
             "kind": "fall",
             "severity": severity,
             "state": state,
@@ -284,3 +288,61 @@ async def test_a_notification_recorded_before_a_crash_is_not_sent_again() -> Non
     await service.run_due()
     assert channel.sent == []
     assert timers.due == {"notify|a-1|2": T0 + 2 * MIN}
+
+
+class HangingChannel(RecordingChannel):
+    """An endpoint that accepts and does not answer, for one alert (or all), until released."""
+
+    def __init__(self, name: str = "webhook", alert_id: str | None = None) -> None:
+        super().__init__()
+        self.name = name
+        self.alert_id = alert_id
+        self.release = asyncio.Event()
+
+    async def send(self, notification: Notification) -> Delivery:
+        if self.alert_id in (None, notification.alert_id):
+            await self.release.wait()
+        return await super().send(notification)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the loop run until ``condition`` holds (a hang shows as a timeout, not a pass)."""
+    async with asyncio.timeout(5):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_an_endpoint_that_hangs_for_one_alert_does_not_hold_another_alerts_notification() -> (
+    None
+):
+    hanging = HangingChannel(alert_id="a-1")
+    service, _, journal, channel, _ = notifier(channel=hanging)
+    await service.apply(alert_record("raised", T0, alert_id="a-1"))
+    await service.apply(alert_record("raised", T0, offset=1, alert_id="a-2"))
+    polling = asyncio.create_task(service.run_due())
+    try:
+        await until(lambda: ("a-2", "notified", 1) in journal.events)
+        assert [n.alert_id for _, n in channel.sent] == ["a-2"]
+        assert not polling.done()  # a-1's endpoint still hangs
+    finally:
+        hanging.release.set()
+    assert await asyncio.wait_for(polling, 5) == 2
+    assert ("a-1", "notified", 1) in journal.events
+
+
+async def test_a_channel_that_hangs_does_not_hold_the_other_channel() -> None:
+    webhook = HangingChannel()
+    email = RecordingChannel()
+    email.name = "email"
+    service, _, journal, _, _ = notifier(email, channel=webhook)
+    await service.apply(alert_record("raised", T0))
+    polling = asyncio.create_task(service.run_due())
+    try:
+        await until(lambda: len(email.sent) == 1)
+        assert webhook.sent == [] and not polling.done()
+    finally:
+        webhook.release.set()
+    await asyncio.wait_for(polling, 5)
+    assert len(webhook.sent) == 1
+    through = journal.events[("a-1", "notified", 1)].details["through"]
+    assert set(through) == {"webhook", "email"}
