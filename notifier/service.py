@@ -163,10 +163,13 @@ class Notifier:
         self.clock = clock
         self.metrics = metrics or NotifierMetrics(settings.health)
         self.health = self.metrics.health
-        # Work waiting, for the probes: the due timers of the last poll (one, unknown, while
-        # Redis cannot be asked) and the records not applied yet.
+        # Work waiting, for the probes: the claimed timers not run yet (one more, unknown,
+        # while Redis cannot be asked) and the records not applied yet.
         self._due_timers = 0
-        self.health.backlog = lambda: self._due_timers + self.metrics.lag.total()
+        self._poll_failing = False
+        self.health.backlog = lambda: (
+            self._due_timers + int(self._poll_failing) + self.metrics.lag.total()
+        )
 
     # -- records ------------------------------------------------------------------------------
 
@@ -282,37 +285,46 @@ class Notifier:
     # -- timers -------------------------------------------------------------------------------
 
     async def run_due(self) -> int:
-        """Claim the due jobs and run them; how many were claimed."""
-        now = self.clock.now_ms()
-        claimed = await asyncio.to_thread(
-            self.timers.claim, now, self.config.ms(self.config.lease_s), self.config.claim_batch
-        )
-        self._due_timers = len(claimed)
-        self.health.ok("redis")
-        # The claimed alerts all at once, each alert's timers in order: an endpoint that hangs
-        # (a nurse-call integration that accepts and never answers) holds its own alert for
-        # its timeout, not the others' notifications, nor past the leases of their timers.
-        by_alert: dict[str, list[Claimed]] = {}
-        for job in claimed:
-            by_alert.setdefault(job.job.alert_id, []).append(job)
+        """Claim the due timers and run them to their end; how many were claimed (one poll, as
+        the tests step the clock; the running notifier's loop does not wait: timer_loop)."""
+        groups = await self._claim(self.config.claim_batch)
         outcomes = await asyncio.gather(
-            *(self._run_jobs(jobs) for jobs in by_alert.values()), return_exceptions=True
+            *(self._run_jobs(jobs) for jobs in groups), return_exceptions=True
         )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome  # each alert ran its course; the first failure is the poll's
-        return len(claimed)
+        return sum(len(jobs) for jobs in groups)
+
+    async def _claim(self, limit: int) -> list[list[Claimed]]:
+        """Claim up to ``limit`` due timers, grouped by alert in the order they were due."""
+        claimed = await asyncio.to_thread(
+            self.timers.claim, self.clock.now_ms(), self.config.ms(self.config.lease_s), limit
+        )
+        self.health.ok("redis")
+        self._due_timers += len(claimed)
+        by_alert: dict[str, list[Claimed]] = {}
+        for job in claimed:
+            by_alert.setdefault(job.job.alert_id, []).append(job)
+        return list(by_alert.values())
 
     async def _run_jobs(self, jobs: list[Claimed]) -> None:
-        """One alert's claimed timers, in the order they were due."""
-        for job in jobs:
-            if job.job.kind == "notify":
-                await self._notify(job)
-            else:
-                await self._close(job)
-            self.health.ok("postgres")
-            self.health.progress()
-            self._due_timers -= 1
+        """One alert's claimed timers, in the order they were due. Alerts run side by side: an
+        endpoint that hangs (a nurse-call integration that accepts and never answers) holds
+        its own alert for its timeout, not the other alerts' notifications."""
+        left = len(jobs)
+        try:
+            for job in jobs:
+                if job.job.kind == "notify":
+                    await self._notify(job)
+                else:
+                    await self._close(job)
+                self.health.ok("postgres")
+                self.health.progress()
+                left -= 1
+                self._due_timers -= 1
+        finally:
+            self._due_timers -= left  # a failed job's timer comes back after its lease
 
     async def _finish(self, claimed: Claimed, following: tuple[Job, int] | None) -> None:
         # The step is recorded: completing the timer is retried until Redis answers (its token
@@ -506,32 +518,60 @@ class Notifier:
     # -- loops --------------------------------------------------------------------------------
 
     async def timer_loop(self, stop: asyncio.Event) -> None:
+        """Claim due timers every ``poll_interval_s`` and run each alert's as a task of its
+        own: a poll does not wait for the sends of the previous ones (a hung endpoint would
+        hold every alert due after it for its timeout). A task's failure is handled as the
+        poll's own (a store down: back-off, the timer back after its lease)."""
         backoff = Backoff(
             self.config.poll_interval_s, max(STORE_RETRY_MAX_S, self.config.poll_interval_s)
         )
-        while not stop.is_set():
-            wait = self.config.poll_interval_s
-            try:
-                busy = await self.run_due() >= self.config.claim_batch
-                backoff.reset()
-            except Exception as exc:  # a store down must not stop the notifier: poll again
-                dependency = store_failure(exc)
-                wait = backoff.next()
-                self._due_timers = max(self._due_timers, 1)  # unknown: assume some are due
-                if dependency is not None:
-                    self._store_down(dependency, exc, "timer poll", wait)
-                else:  # not a store: a bug; /livez reports it if it never heals
-                    log.exception(
-                        "timer poll failed (%s); trying again in %.1f s",
-                        type(exc).__name__,
-                        wait,
-                        extra={"component": COMPONENT, "throttle": True},
-                    )
-                await self.timers_journal.close()
-                busy = False
-            if not busy:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), wait)
+        running: set[asyncio.Task[None]] = set()
+        failures: list[BaseException] = []
+
+        def finished(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                failures.append(task.exception())  # type: ignore[arg-type]
+
+        try:
+            while not stop.is_set():
+                wait = self.config.poll_interval_s
+                try:
+                    if failures:
+                        raise failures.pop(0)
+                    room = self.config.claim_batch - self._due_timers
+                    groups = await self._claim(room) if room > 0 else []
+                    for jobs in groups:
+                        task = asyncio.create_task(self._run_jobs(jobs))
+                        running.add(task)
+                        task.add_done_callback(finished)
+                    claimed = sum(len(jobs) for jobs in groups)
+                    busy = room > 0 and claimed >= room
+                    self._poll_failing = False
+                    backoff.reset()
+                except Exception as exc:  # a store down must not stop the notifier: poll again
+                    dependency = store_failure(exc)
+                    wait = backoff.next()
+                    self._poll_failing = True  # unknown: assume some are due
+                    if dependency is not None:
+                        self._store_down(dependency, exc, "timer poll", wait)
+                    else:  # not a store: a bug; /livez reports it if it never heals
+                        log.error(
+                            "timer poll failed (%s); trying again in %.1f s",
+                            type(exc).__name__,
+                            wait,
+                            exc_info=exc,
+                            extra={"component": COMPONENT, "throttle": True},
+                        )
+                    if not running:  # others may be mid-transaction on it
+                        await self.timers_journal.close()
+                    busy = False
+                if not busy:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), wait)
+        finally:
+            # Sends in flight end by their own timeouts; their steps are recorded.
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def _apply_until_done(
         self, record: KafkaRecord, consumer: Any, stop: asyncio.Event

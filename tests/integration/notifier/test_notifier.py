@@ -7,10 +7,12 @@ Timings are shortened through the settings: re-notify every 2 s, all staff after
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections import Counter
 
+import orjson
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
@@ -143,6 +145,56 @@ async def test_an_acknowledged_alert_is_not_renotified_and_a_warning_is_notified
     assert step_names(run, warning) == [("raised", 1), ("notified", 1)]
     assert run.webhooks.of(info) == []
     assert step_names(run, info) == [("raised", 1)]
+
+
+async def test_an_integration_endpoint_that_hangs_does_not_delay_the_other_notifications(
+    notifier_run: NotifierRun,
+) -> None:
+    """A nurse-call integration's URL accepts connections and never answers (a socket that
+    listens and never accepts: the kernel completes the handshakes, the request waits), listed
+    first; three alerts raised at once. The other integration URL, the staff's own URLs and the
+    e-mail get every alert's first notification on time, not one webhook timeout (8 s) per
+    alert later; the hung URL is recorded as failed once its timeout passed."""
+    run = notifier_run
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(64)
+        hung_url = f"http://127.0.0.1:{hung.getsockname()[1]}/nurse-call"
+        run.timings.update(
+            {
+                "VEILLEUSE_NOTIFIER__WEBHOOK_URLS": orjson.dumps(
+                    [hung_url, run.webhooks.url(INTEGRATION)]
+                ).decode(),
+                "VEILLEUSE_NOTIFIER__WEBHOOK_TIMEOUT_S": "8",
+                "VEILLEUSE_NOTIFIER__LEASE_S": "20",  # longer than a send's timeouts
+                "VEILLEUSE_NOTIFIER__RENOTIFY_S": "60",
+                "VEILLEUSE_NOTIFIER__ESCALATE_S": "120",
+            }
+        )
+        await run.notifier("a")
+        raised = [await run.raise_alert(f"L-{k}") for k in range(3)]
+
+        def all_first_sent() -> bool:
+            return all(
+                slots(run, a) == [1] and slots(run, a, "/staff/ana") == [1] and run.smtp.of(a)
+                for a, _ in raised
+            )
+
+        await wait_until(all_first_sent, 20, "every alert's first notification", run)
+        for alert_id, raised_ms in raised:
+            for path in (INTEGRATION, "/staff/ana"):
+                (hook,) = run.webhooks.of(alert_id, path)
+                assert hook.received_ms - raised_ms <= LATE_MS, (alert_id, path)
+        await wait_until(
+            lambda: all(("notified", 1) in step_names(run, a) for a, _ in raised),
+            20,
+            "the notifications recorded",
+            run,
+        )
+    for alert_id, _ in raised:
+        (details,) = [d for step, n, _, d in run.steps(alert_id) if (step, n) == ("notified", 1)]
+        assert hung_url in details["failed"]["webhook"], details
+        assert run.webhooks.url(INTEGRATION) in details["through"]["webhook"], details
 
 
 async def test_a_notifier_killed_mid_escalation_resumes_without_a_miss_or_a_double(

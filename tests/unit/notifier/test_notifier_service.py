@@ -298,9 +298,11 @@ class HangingChannel(RecordingChannel):
         self.name = name
         self.alert_id = alert_id
         self.release = asyncio.Event()
+        self.hanging = asyncio.Event()
 
     async def send(self, notification: Notification) -> Delivery:
         if self.alert_id in (None, notification.alert_id):
+            self.hanging.set()
             await self.release.wait()
         return await super().send(notification)
 
@@ -346,3 +348,25 @@ async def test_a_channel_that_hangs_does_not_hold_the_other_channel() -> None:
     assert len(webhook.sent) == 1
     through = journal.events[("a-1", "notified", 1)].details["through"]
     assert set(through) == {"webhook", "email"}
+
+
+async def test_the_timer_loop_goes_on_while_an_earlier_alerts_endpoint_hangs() -> None:
+    """a-2 is raised after the loop claimed a-1, whose endpoint hangs: the next poll claims
+    and notifies a-2 without waiting for a-1's send to end."""
+    hanging = HangingChannel(alert_id="a-1")
+    service, _, journal, channel, _ = notifier(channel=hanging)
+    stop = asyncio.Event()
+    loop = asyncio.create_task(service.timer_loop(stop))
+    try:
+        await service.apply(alert_record("raised", T0, alert_id="a-1"))
+        await until(hanging.hanging.is_set)
+        await service.apply(alert_record("raised", T0, offset=1, alert_id="a-2"))
+        await until(lambda: ("a-2", "notified", 1) in journal.events)
+        assert [n.alert_id for _, n in channel.sent] == ["a-2"]
+        assert service.health.backlog() == 1  # a-1's timer, claimed and still running
+    finally:
+        hanging.release.set()
+        stop.set()
+        await asyncio.wait_for(loop, 5)
+    assert ("a-1", "notified", 1) in journal.events
+    assert service.health.backlog() == 0
