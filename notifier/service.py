@@ -752,8 +752,8 @@ def build(settings: Settings, clock: Clock | None = None) -> Notifier:
             settings.notifier.redis_key_prefix,
             settings.notifier.state_ttl_s,
         ),
-        records_journal=Journal(conninfo),
-        timers_journal=Journal(conninfo),
+        records_journal=Journal(conninfo, timeout_s=settings.notifier.postgres_timeout_s),
+        timers_journal=Journal(conninfo, timeout_s=settings.notifier.postgres_timeout_s),
         channels=channels_from_settings(settings.notifier, clock),
         clock=clock,
     )

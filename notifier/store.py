@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import tuple_row
 
@@ -31,6 +32,7 @@ from notifier.policy import AlertState, Audience
 from pipeline.errors import VeilleuseError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class StoreError(VeilleuseError):
@@ -327,46 +329,84 @@ def choose_recipients(
     return everyone, True
 
 
-class Journal:
-    """The PostgreSQL half: the alert's row and its life in ``alert_events``."""
+def _forget(call: asyncio.Future[Any]) -> None:
+    """A call left behind: whatever it ends with was already reported as a timeout."""
+    if not call.cancelled():
+        call.exception()
 
-    def __init__(self, conninfo: str) -> None:
+
+class Journal:
+    """The PostgreSQL half: the alert's row and its life in ``alert_events``.
+
+    Every call gives up after ``timeout_s`` and drops its connection: a server that stopped
+    answering without closing (frozen, or a primary lost behind a failover, whose sockets
+    hang until TCP gives up, minutes later) must not hold the notifier; the next call
+    connects again."""
+
+    def __init__(self, conninfo: str, *, timeout_s: float = 5.0) -> None:
         self.conninfo = conninfo
+        self.timeout_s = timeout_s
         self._conn: AsyncConnection[Any] | None = None
         # One connection, used by several alerts' tasks at once (Notifier.run_due): each
-        # method's transaction must not interleave with another's on it.
+        # call's transaction must not interleave with another's on it.
         self._lock = asyncio.Lock()
 
-    async def connection(self) -> AsyncConnection[Any]:
+    async def _run(self, body: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """``body`` on the connection, alone on it, given up after ``timeout_s``: then the call
+        is left behind (cancelled, not awaited: its rollback would wait for the same silent
+        server) with its connection, and the next call connects again."""
+        async with self._lock:
+            call = asyncio.ensure_future(self._on_connection(body))
+            try:
+                done, _ = await asyncio.wait({call}, timeout=self.timeout_s)
+            except asyncio.CancelledError:
+                call.cancel()
+                raise
+            if call in done:
+                return call.result()
+            call.cancel()
+            call.add_done_callback(_forget)
+            self._conn = None
+            raise psycopg.OperationalError(
+                f"PostgreSQL did not answer within {self.timeout_s:g} s; connection dropped"
+            )
+
+    async def _on_connection(self, body: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = await AsyncConnection.connect(
                 self.conninfo, autocommit=False, row_factory=tuple_row
             )
-        return self._conn
+        return await body(self._conn)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
-                await conn.close()
+                # Bounded: closing tells a server that may not be there any more.
+                async with asyncio.timeout(1.0):
+                    await conn.close()
             except Exception as exc:  # noqa: BLE001 - a broken connection may not close cleanly
                 log.debug("closing the journal's connection failed: %s", exc)
 
     async def alert(self, row: Mapping[str, Any], *steps: Step) -> list[bool]:
         """Upsert the alert's row and append ``steps``, in one transaction; per step: new?"""
-        async with self._lock:
-            conn = await self.connection()
+
+        async def body(conn: AsyncConnection[Any]) -> list[bool]:
             async with conn.transaction():
                 await conn.execute(UPSERT_ALERT, dict(row))
                 return [await self._insert(conn, step) for step in steps]
 
+        return await self._run(body)
+
     async def steps(self, *steps: Step) -> list[bool]:
         """Append steps (of known alerts) in one transaction; per step: new? A step of an alert
         with no row is not written (False)."""
-        async with self._lock:
-            conn = await self.connection()
+
+        async def body(conn: AsyncConnection[Any]) -> list[bool]:
             async with conn.transaction():
                 return [await self._insert(conn, step) for step in steps]
+
+        return await self._run(body)
 
     @staticmethod
     async def _insert(conn: AsyncConnection[Any], step: Step) -> bool:
@@ -374,20 +414,22 @@ class Journal:
         return cursor.rowcount == 1
 
     async def has_step(self, alert_id: str, step: str, occurrence: int) -> bool:
-        async with self._lock:
-            conn = await self.connection()
+        async def body(conn: AsyncConnection[Any]) -> bool:
             async with conn.transaction():
                 cursor = await conn.execute(SELECT_STEP, (alert_id, step, occurrence))
                 return await cursor.fetchone() is not None
 
+        return await self._run(body)
+
     async def recipients(self, site_id: str, audience: Audience) -> tuple[list[Recipient], bool]:
-        async with self._lock:
-            conn = await self.connection()
+        async def body(conn: AsyncConnection[Any]) -> list[Any]:
             async with conn.transaction():
                 cursor = await conn.execute(SELECT_STAFF, (site_id,))
-                rows = await cursor.fetchall()
-            staff = [(str(n), e, w, bool(d)) for n, e, w, d in rows]
-            return choose_recipients(staff, audience)
+                return await cursor.fetchall()
+
+        rows = await self._run(body)
+        staff = [(str(n), e, w, bool(d)) for n, e, w, d in rows]
+        return choose_recipients(staff, audience)
 
 
 def alert_row(

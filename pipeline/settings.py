@@ -404,6 +404,12 @@ class NotifierSettings(_Section):
         "earlier releases (its UTF-8 bytes are the key). Unset: no webhook is called.",
     )
     webhook_timeout_s: float = Field(10, gt=0, description="Per-request webhook timeout.")
+    postgres_timeout_s: float = Field(
+        5,
+        gt=0,
+        description="Longest wait on PostgreSQL per call; past it the connection is dropped and "
+        "made again (a frozen server, or a primary lost without a goodbye behind a failover).",
+    )
     smtp_host: str | None = Field(None, description="SMTP relay host; unset: no e-mail.")
     smtp_port: int = Field(25, ge=1, le=65535, description="SMTP relay port.")
     smtp_from: str = Field("veilleuse@localhost", description="From: address of the e-mails.")

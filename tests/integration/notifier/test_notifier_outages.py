@@ -22,6 +22,7 @@ from devtools.stack import manager
 from pipeline.ports import free_port
 from pipeline.settings import Settings
 from tests.integration.notifier.conftest import NotifierRun, wait_until
+from tests.integration.silencing_proxy import SilencingProxy
 
 INTEGRATION = "/integration"
 RENOTIFY_MS = 3000
@@ -143,6 +144,74 @@ async def test_a_store_restarted_under_the_notifier_escalation_goes_on_late_neve
     assert 1 <= output.count(f"{store} unavailable (") < 15
     assert notifier.log_file.stat().st_size < LOG_LIMIT
     assert notifier.stop() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+async def test_postgres_lost_without_a_goodbye_then_failed_over(
+    notifier_run: NotifierRun, settings: Settings
+) -> None:
+    """PostgreSQL's primary is lost without closing its connections (its host died) and a
+    failover brings another one behind the same address 8 s later (a proxy: the notifier's
+    connections of before stay silent forever, new ones reach the server again). The notifier
+    gives up a silent call after `postgres_timeout_s` (2 s here), connects again, and the
+    escalation goes on: before, it waited on the old connections for as long as they stayed
+    open (for TCP's own timeout, many minutes, on a real network), every notification with it."""
+    run = notifier_run
+    proxy = SilencingProxy(settings.postgres.host, settings.postgres.port)
+    await proxy.start()
+    port = free_port()
+    run.timings = {
+        "VEILLEUSE_NOTIFIER__RENOTIFY_S": str(RENOTIFY_MS / 1000),
+        "VEILLEUSE_NOTIFIER__ESCALATE_S": str((ESCALATE_SLOT - 1) * RENOTIFY_MS / 1000),
+        "VEILLEUSE_NOTIFIER__METRICS_PORT": str(port),
+        "VEILLEUSE_NOTIFIER__POLL_INTERVAL_S": "0.3",
+        "VEILLEUSE_NOTIFIER__POSTGRES_TIMEOUT_S": "2",
+        "VEILLEUSE_POSTGRES__PORT": str(proxy.port),
+    }
+    try:
+        notifier = await run.notifier("a")
+        alert_id, raised_ms = await run.raise_alert("L-30")
+        await wait_until(
+            lambda: 2 in slots(run, alert_id) and ("notified", 2) in step_names(run, alert_id),
+            15,
+            "slot 2 sent and recorded",
+            run,
+        )
+        proxy.silence()  # slot 3 is due about 3 s later: nothing was sent and left unrecorded
+        lost_ms = time.time_ns() // 1_000_000
+        await asyncio.sleep(8)
+        assert notifier.alive(), notifier.tail(40)
+        sent_while_lost = [h.slot for h in run.webhooks.of(alert_id, INTEGRATION)]
+        proxy.recover()
+        back_ms = time.time_ns() // 1_000_000
+        due_at_back = 1 + (back_ms - raised_ms) // RENOTIFY_MS
+        await wait_until(
+            lambda: max(slots(run, alert_id), default=0) >= due_at_back + 2,
+            25,
+            "the slots after the failover",
+            run,
+        )
+        assert notifier.alive(), notifier.tail(40)
+        sent = slots(run, alert_id)
+        assert sent == sorted(set(sent)), f"a slot sent twice: {sent}"
+        assert max(sent_while_lost) == 2, sent_while_lost  # nothing unrecorded went out
+        # Resumed within the timeout, the capped back-off and a lease of the failover.
+        first_after = min(
+            h.received_ms for h in run.webhooks.of(alert_id, INTEGRATION) if h.slot > 2
+        )
+        assert first_after - back_ms <= LATE_AFTER_OUTAGE_MS, first_after - back_ms
+        for k in range(due_at_back + 1, max(sent) + 1):
+            assert k in sent, (k, sent)
+        assert "did not answer within 2 s" in notifier.output()
+        assert proxy.connections >= 3  # the first ones, and those made again after
+        print(  # noqa: T201 - shown with -s
+            f"lost for {(back_ms - lost_ms) / 1000:.1f} s; slot {min(s for s in sent if s > 2)} "
+            f"came {(first_after - back_ms) / 1000:.1f} s after the failover; slots {sent}"
+        )
+        assert notifier.stop() == 0
+    finally:
+        await proxy.close()
 
 
 def slots(run: NotifierRun, alert_id: str, path: str = INTEGRATION) -> list[int]:

@@ -6,13 +6,14 @@ tests/integration/notifier/test_notifier_outages.py."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import psycopg
 import pytest
 import redis.exceptions
 
-from notifier.store import Claimed, Job, Step, store_failure
+from notifier.store import Claimed, Job, Journal, Step, store_failure
 from tests.unit.notifier.test_notifier_service import (
     MIN,
     T0,
@@ -236,3 +237,22 @@ async def test_a_catch_up_past_the_escalation_slot_still_records_the_escalation(
     life = [(s, o) for s, o, _ in journal.life("a-1")]
     assert life.count(("escalated", 1)) == 1
     assert journal.events[("a-1", "escalated", 1)].details["slot"] == 4
+
+
+async def test_a_silent_postgres_is_given_up_after_the_journals_timeout() -> None:
+    """A server that accepts and never answers (a listening socket nobody accepts from: the
+    kernel completes the handshake) costs a call `timeout_s`, then a store failure the loops
+    know how to wait out, and the next call tries again."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        journal = Journal(
+            f"host=127.0.0.1 port={port} dbname=x user=x connect_timeout=60", timeout_s=0.3
+        )
+        for _ in range(2):
+            async with asyncio.timeout(5):  # not connect_timeout's 60 s
+                with pytest.raises(psycopg.OperationalError, match=r"within 0\.3 s") as failed:
+                    await journal.has_step("a-1", "notified", 1)
+            assert store_failure(failed.value) == "postgres"
+        await journal.close()
