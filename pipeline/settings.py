@@ -473,6 +473,15 @@ class PostgresSettings(_Section):
             sslmode=self.sslmode,
             connect_timeout=5,
             application_name="veilleuse",
+            # A server whose host died (a failover to another primary) never closes its
+            # sockets: without these, a connection waits for TCP's own give-up, many minutes.
+            # Idle sockets are probed after 10 s, every 5 s, 3 times; data sent and not
+            # acknowledged for 15 s ends the connection (Linux).
+            keepalives=1,
+            keepalives_idle=10,
+            keepalives_interval=5,
+            keepalives_count=3,
+            tcp_user_timeout=15_000,
         )
 
 

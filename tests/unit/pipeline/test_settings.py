@@ -73,3 +73,16 @@ def test_overrides_win_and_settings_are_frozen() -> None:
     assert settings.log_level == "DEBUG"
     with pytest.raises(Exception, match="frozen"):
         settings.kafka.topic_partitions = 3  # type: ignore[misc]
+
+
+def test_postgres_connections_notice_a_dead_host() -> None:
+    """libpq's TCP keepalives and user timeout are on, so that every component's connections
+    to a primary whose host died end within seconds instead of TCP's minutes (not exercised
+    against a real dead host here: that needs dropping packets, and this machine has no
+    netfilter; a silent server is tested through the notifier's own timeout)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(load_settings().postgres.conninfo())
+    assert params["keepalives"] == "1"
+    assert (params["keepalives_idle"], params["keepalives_interval"]) == ("10", "5")
+    assert (params["keepalives_count"], params["tcp_user_timeout"]) == ("3", "15000")
