@@ -115,6 +115,18 @@ def should_send(state: AlertState | None) -> bool:
     return state is not None and not state.acknowledged and not state.resolved and not state.closed
 
 
+def slot_to_send(state: AlertState, slot: int, now_ms: int, timings: Timings) -> int:
+    """The slot a due timer sends: its own, or, when it runs so late that later slots are due
+    too (its claimer died, a store was down), the latest of them, with that slot's audience:
+    one catch-up, not the missed slot and then the catch-up."""
+    if not timings.renotifies(state.severity):
+        return slot
+    latest = slot
+    while state.raised_ms + timings.offset_ms(latest + 1) <= now_ms:
+        latest += 1
+    return latest
+
+
 def after_notification(state: AlertState, slot: int, now_ms: int, timings: Timings) -> Next | None:
     """The notification that follows slot ``slot``, sent at ``now_ms``; None: no more.
 

@@ -36,6 +36,7 @@ from notifier.policy import (
     close_due_ms,
     first_notification,
     should_send,
+    slot_to_send,
 )
 from notifier.store import (
     Claimed,
@@ -349,13 +350,14 @@ class Notifier:
             await self._finish(claimed, None)
             return
         journal = self.timers_journal
-        if not await journal.has_step(job.alert_id, "notified", job.slot):
-            sent = await self._send(state, job.slot, claimed.token)
+        slot = slot_to_send(state, job.slot, self.clock.now_ms(), self.timings)
+        if not await journal.has_step(job.alert_id, "notified", slot):
+            sent = await self._send(state, slot, claimed.token)
             if not sent:
                 retry = self.clock.now_ms() + self.config.ms(self.config.retry_s)
                 await asyncio.to_thread(self.timers.reschedule, claimed, retry)
                 return
-        following = after_notification(state, job.slot, self.clock.now_ms(), self.timings)
+        following = after_notification(state, slot, self.clock.now_ms(), self.timings)
         await self._finish(
             claimed,
             (Job("notify", job.alert_id, following.slot), following.due_ms) if following else None,

@@ -46,6 +46,17 @@ def due_ms(raised_ms: int, slot: int) -> int:
     return raised_ms + (slot - 1) * RENOTIFY_MS
 
 
+def outage_timings(metrics_port: int, **extra: str) -> dict[str, str]:
+    """The notifier's settings of these tests: re-notified every 3 s, all staff from 9 s."""
+    return {
+        "VEILLEUSE_NOTIFIER__RENOTIFY_S": str(RENOTIFY_MS / 1000),
+        "VEILLEUSE_NOTIFIER__ESCALATE_S": str((ESCALATE_SLOT - 1) * RENOTIFY_MS / 1000),
+        "VEILLEUSE_NOTIFIER__METRICS_PORT": str(metrics_port),
+        "VEILLEUSE_NOTIFIER__POLL_INTERVAL_S": "0.3",
+        **extra,
+    }
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("store", ["redis", "postgres"])
@@ -54,13 +65,7 @@ async def test_a_store_restarted_under_the_notifier_escalation_goes_on_late_neve
 ) -> None:
     run = notifier_run
     port = free_port()
-    run.timings = {
-        "VEILLEUSE_NOTIFIER__RENOTIFY_S": str(RENOTIFY_MS / 1000),
-        "VEILLEUSE_NOTIFIER__ESCALATE_S": str((ESCALATE_SLOT - 1) * RENOTIFY_MS / 1000),
-        "VEILLEUSE_NOTIFIER__METRICS_PORT": str(port),
-        "VEILLEUSE_NOTIFIER__POLL_INTERVAL_S": "0.3",
-        "VEILLEUSE_HEALTH__STALL_AFTER_S": "4",
-    }
+    run.timings = outage_timings(port, VEILLEUSE_HEALTH__STALL_AFTER_S="4")
     notifier = await run.notifier("a")
     alert_id, raised_ms = await run.raise_alert("L-20")
     # Slot 2 sent *and recorded* before the store goes: one sent just as PostgreSQL stops may be
@@ -160,15 +165,11 @@ async def test_postgres_lost_without_a_goodbye_then_failed_over(
     run = notifier_run
     proxy = SilencingProxy(settings.postgres.host, settings.postgres.port)
     await proxy.start()
-    port = free_port()
-    run.timings = {
-        "VEILLEUSE_NOTIFIER__RENOTIFY_S": str(RENOTIFY_MS / 1000),
-        "VEILLEUSE_NOTIFIER__ESCALATE_S": str((ESCALATE_SLOT - 1) * RENOTIFY_MS / 1000),
-        "VEILLEUSE_NOTIFIER__METRICS_PORT": str(port),
-        "VEILLEUSE_NOTIFIER__POLL_INTERVAL_S": "0.3",
-        "VEILLEUSE_NOTIFIER__POSTGRES_TIMEOUT_S": "2",
-        "VEILLEUSE_POSTGRES__PORT": str(proxy.port),
-    }
+    run.timings = outage_timings(
+        free_port(),
+        VEILLEUSE_NOTIFIER__POSTGRES_TIMEOUT_S="2",
+        VEILLEUSE_POSTGRES__PORT=str(proxy.port),
+    )
     try:
         notifier = await run.notifier("a")
         alert_id, raised_ms = await run.raise_alert("L-30")

@@ -16,6 +16,7 @@ from notifier.policy import (
     close_due_ms,
     first_notification,
     should_send,
+    slot_to_send,
 )
 from notifier.store import Job, StoreError, choose_recipients
 from pipeline.settings import NotifierSettings
@@ -127,3 +128,12 @@ def test_on_duty_staff_first_all_staff_on_escalation_everyone_when_nobody_is_on_
     off_duty = [(n, e, w, False) for n, e, w, _ in staff]
     nobody, fallback = choose_recipients(off_duty, Audience.ON_DUTY)
     assert ([r.name for r in nobody], fallback) == (["ana", "bob"], True)
+
+
+def test_a_timer_run_late_sends_the_latest_slot_due_not_its_own() -> None:
+    # Slot 2's timer (due at 2 min) runs at 5 min: slot 3 (all staff, at 4 min) is due too.
+    assert slot_to_send(alert(), 2, T0 + 5 * MIN, TIMINGS) == 3
+    assert slot_to_send(alert(), 2, T0 + 2 * MIN, TIMINGS) == 2  # on time: its own
+    assert slot_to_send(alert(), 2, T0 + 4 * MIN - 1, TIMINGS) == 2
+    warning = alert(severity="warning")  # notified once: no later slot
+    assert slot_to_send(warning, 1, T0 + 10 * MIN, TIMINGS) == 1

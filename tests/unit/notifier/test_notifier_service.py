@@ -370,3 +370,23 @@ async def test_the_timer_loop_goes_on_while_an_earlier_alerts_endpoint_hangs() -
         await asyncio.wait_for(loop, 5)
     assert ("a-1", "notified", 1) in journal.events
     assert service.health.backlog() == 0
+
+
+async def test_a_timer_run_late_sends_one_catch_up_with_the_latest_slots_audience() -> None:
+    """The notifier was away from 1 to 5 minutes: slot 2's timer (due at 2 min) runs at 5 min,
+    when slot 3 (all staff, the escalation, due at 4 min) is due too: slot 3 alone goes out,
+    to all staff, then slot 4 on schedule. Not slot 2 to the staff on duty first."""
+    service, clock, journal, channel, _ = notifier()
+    await service.apply(alert_record("raised", T0))
+    await service.run_due()
+    clock.now = T0 + 5 * MIN  # nothing polled meanwhile
+    await service.run_due()
+    await advance(service, clock, T0 + 6 * MIN)
+    sent = [(at - T0, n.slot, n.audience) for at, n in channel.sent]
+    assert sent == [
+        (0, 1, Audience.ON_DUTY),
+        (5 * MIN, 3, Audience.ALL_STAFF),
+        (6 * MIN, 4, Audience.ALL_STAFF),
+    ]
+    assert ("a-1", "escalated", 1) in journal.events
+    assert ("a-1", "notified", 2) not in journal.events
