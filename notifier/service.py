@@ -540,7 +540,10 @@ class Notifier:
                 wait = self.config.poll_interval_s
                 try:
                     if failures:
-                        raise failures.pop(0)
+                        # One back-off for all of them: they failed together (a store down).
+                        first = failures[0]
+                        failures.clear()
+                        raise first
                     room = self.config.claim_batch - self._due_timers
                     groups = await self._claim(room) if room > 0 else []
                     for jobs in groups:

@@ -85,6 +85,12 @@ class FlakyJournal(MemoryJournal):
         super().__init__(journal.staff)
         self.outage: Down | None = None
         self.on_failure: Any = None
+        self.lookups: Down | None = None  # has_step's outage
+
+    async def has_step(self, alert_id: str, step: str, occurrence: int) -> bool:
+        if self.lookups is not None:
+            self.lookups.check()
+        return await super().has_step(alert_id, step, occurrence)
 
     async def steps(self, *steps: Step) -> list[bool]:
         if self.outage is not None:
@@ -256,3 +262,28 @@ async def test_a_silent_postgres_is_given_up_after_the_journals_timeout() -> Non
                     await journal.has_step("a-1", "notified", 1)
             assert store_failure(failed.value) == "postgres"
         await journal.close()
+
+
+async def test_many_alerts_failing_together_cost_one_back_off_not_one_each() -> None:
+    """PostgreSQL goes away while 20 alerts' first notifications run: each alert's task fails.
+    The loop backs off once for all of them, and once their leases end they are all sent:
+    not one back-off (capped at 2 s) per failed task before the next claim."""
+    service, clock, journal, channel, _ = flaky_notifier()
+    service.config = service.config.model_copy(update={"lease_s": 0.2})
+    for k in range(20):
+        await service.apply(alert_record("raised", T0, offset=k, alert_id=f"a-{k}"))
+    journal.lookups = Down(psycopg.OperationalError("server closed the connection"), times=20)
+    stop = asyncio.Event()
+    loop = asyncio.create_task(service.timer_loop(stop))
+
+    def all_sent() -> bool:
+        clock.now += 50  # test time runs: the failed timers' leases end
+        return len(channel.sent) == 20
+
+    try:
+        await until(all_sent, timeout_s=3)
+    finally:
+        stop.set()
+        await asyncio.wait_for(loop, 5)
+    assert journal.lookups.calls >= 40  # 20 failed, then 20 that went through
+    assert sorted(n.alert_id for _, n in channel.sent) == sorted(f"a-{k}" for k in range(20))
