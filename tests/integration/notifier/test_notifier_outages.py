@@ -18,6 +18,7 @@ from collections import Counter
 
 import pytest
 
+from devtools.processes import PipelineProcess
 from devtools.stack import manager
 from pipeline.ports import free_port
 from pipeline.settings import Settings
@@ -46,6 +47,37 @@ def due_ms(raised_ms: int, slot: int) -> int:
     return raised_ms + (slot - 1) * RENOTIFY_MS
 
 
+async def escalating(run: NotifierRun, lamp: str) -> tuple[PipelineProcess, str, int]:
+    """A notifier, and a critical alert of ``lamp`` whose slot 2 was sent *and recorded*: a
+    fault after that meets no slot sent and left unrecorded (one sent just as PostgreSQL goes
+    may be sent again after its lease, the documented at-least-once case, docs/notifier.md).
+    The notifier, the alert's id and when it was raised."""
+    notifier = await run.notifier("a")
+    alert_id, raised_ms = await run.raise_alert(lamp)
+    await wait_until(
+        lambda: 2 in slots(run, alert_id) and ("notified", 2) in step_names(run, alert_id),
+        15,
+        "slot 2 sent and recorded",
+        run,
+    )
+    return notifier, alert_id, raised_ms
+
+
+async def schedule_goes_on(
+    run: NotifierRun, alert_id: str, raised_ms: int, back_ms: int, timeout_s: float
+) -> int:
+    """Wait for two slots after the one due when the store came back (the schedule goes on);
+    that slot's number."""
+    due_at_back = 1 + (back_ms - raised_ms) // RENOTIFY_MS
+    await wait_until(
+        lambda: max(slots(run, alert_id), default=0) >= due_at_back + 2,
+        timeout_s,
+        "the slots after the store came back",
+        run,
+    )
+    return due_at_back
+
+
 def outage_timings(metrics_port: int, **extra: str) -> dict[str, str]:
     """The notifier's settings of these tests: re-notified every 3 s, all staff from 9 s."""
     return {
@@ -66,16 +98,7 @@ async def test_a_store_restarted_under_the_notifier_escalation_goes_on_late_neve
     run = notifier_run
     port = free_port()
     run.timings = outage_timings(port, VEILLEUSE_HEALTH__STALL_AFTER_S="4")
-    notifier = await run.notifier("a")
-    alert_id, raised_ms = await run.raise_alert("L-20")
-    # Slot 2 sent *and recorded* before the store goes: one sent just as PostgreSQL stops may be
-    # sent again after its lease, the documented at-least-once case (docs/notifier.md).
-    await wait_until(
-        lambda: 2 in slots(run, alert_id) and ("notified", 2) in step_names(run, alert_id),
-        15,
-        "slot 2 sent and recorded",
-        run,
-    )
+    notifier, alert_id, raised_ms = await escalating(run, "L-20")
     assert probe(port, "/readyz")[0] == 200
 
     stopped = False
@@ -99,14 +122,7 @@ async def test_a_store_restarted_under_the_notifier_escalation_goes_on_late_neve
     up_ms = time.time_ns() // 1_000_000
     assert f"{store} down" in str(not_ready.get("reason")), not_ready
 
-    # Two slots after the one due when the store came back: the schedule goes on.
-    due_at_up = 1 + (up_ms - raised_ms) // RENOTIFY_MS
-    await wait_until(
-        lambda: max(slots(run, alert_id), default=0) >= due_at_up + 2,
-        20,
-        "the slots after the outage",
-        run,
-    )
+    await schedule_goes_on(run, alert_id, raised_ms, up_ms, 20)
     await wait_until(lambda: slots(run, warning_id) == [1], 10, "the warning raised meanwhile", run)
     await run.acknowledge(alert_id, "L-20", "ana")
     await wait_until(
@@ -171,14 +187,7 @@ async def test_postgres_lost_without_a_goodbye_then_failed_over(
         VEILLEUSE_POSTGRES__PORT=str(proxy.port),
     )
     try:
-        notifier = await run.notifier("a")
-        alert_id, raised_ms = await run.raise_alert("L-30")
-        await wait_until(
-            lambda: 2 in slots(run, alert_id) and ("notified", 2) in step_names(run, alert_id),
-            15,
-            "slot 2 sent and recorded",
-            run,
-        )
+        notifier, alert_id, raised_ms = await escalating(run, "L-30")
         proxy.silence()  # slot 3 is due about 3 s later: nothing was sent and left unrecorded
         lost_ms = time.time_ns() // 1_000_000
         await asyncio.sleep(8)
@@ -186,13 +195,7 @@ async def test_postgres_lost_without_a_goodbye_then_failed_over(
         sent_while_lost = [h.slot for h in run.webhooks.of(alert_id, INTEGRATION)]
         proxy.recover()
         back_ms = time.time_ns() // 1_000_000
-        due_at_back = 1 + (back_ms - raised_ms) // RENOTIFY_MS
-        await wait_until(
-            lambda: max(slots(run, alert_id), default=0) >= due_at_back + 2,
-            25,
-            "the slots after the failover",
-            run,
-        )
+        due_at_back = await schedule_goes_on(run, alert_id, raised_ms, back_ms, 25)
         assert notifier.alive(), notifier.tail(40)
         sent = slots(run, alert_id)
         assert sent == sorted(set(sent)), f"a slot sent twice: {sent}"
